@@ -1,0 +1,31 @@
+"""kwheel: Google's MillWheel model on Kafka.
+
+A pipeline is a graph of computations joined by named streams. Each computation sees one
+key at a time, with persistent per-key state, and every input record affects state and
+outputs exactly once (Kafka transactions + a RocksDB store rebuilt from a changelog).
+"""
+
+from .computation import Computation, Context, State
+from .errors import KwheelError
+from .pipeline import Input, Pipeline, Stream
+from .record import Key, Record, Timer
+from .serde import BYTES, JSON, STR, AvroSerde, Serde
+
+__all__ = [
+    "AvroSerde",
+    "BYTES",
+    "Computation",
+    "Context",
+    "Input",
+    "JSON",
+    "Key",
+    "KwheelError",
+    "Pipeline",
+    "Record",
+    "STR",
+    "Serde",
+    "State",
+    "Stream",
+    "Timer",
+]
+__version__ = "0.1.0"

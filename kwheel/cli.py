@@ -1,0 +1,115 @@
+"""The ``kwheel`` command line: worker, topics, inject."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .config import WorkerConfig
+from .errors import KwheelError
+from .loader import load_pipeline
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="kwheel: MillWheel-style stream processing on Kafka.")
+topics_app = typer.Typer(no_args_is_help=True, help="Create or check the topics a pipeline needs.")
+app.add_typer(topics_app, name="topics")
+
+PIPELINE_HELP = "The pipeline as module:attribute, e.g. examples.keyed_count:pipeline"
+Bootstrap = typer.Option(None, "--bootstrap-servers", "-b", help="Kafka host:port[,host:port] (env KWHEEL_BOOTSTRAP_SERVERS)")
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+@app.command()
+def worker(
+    pipeline: str = typer.Argument(..., help=PIPELINE_HELP),
+    computation: Optional[list[str]] = typer.Option(None, "--computation", "-c", help="Run only these computations (repeatable); default all"),
+    processes: int = typer.Option(1, "--processes", "-p", min=1, help="Worker processes to start on this machine"),
+    bootstrap_servers: Optional[str] = Bootstrap,
+    state_dir: Optional[Path] = typer.Option(None, "--state-dir", help="Where RocksDB stores live (env KWHEEL_STATE_DIR)"),
+    slot: Optional[str] = typer.Option(None, "--slot", help="Stable worker slot id: static group membership for fast restarts (env KWHEEL_SLOT)"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Max input records per task transaction (env KWHEEL_BATCH_SIZE)"),
+    commit_interval_ms: Optional[int] = typer.Option(None, "--commit-interval-ms", help="Commit at least this often (env KWHEEL_COMMIT_INTERVAL_MS)"),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Join the consumer groups of the pipeline's computations and process until SIGTERM."""
+    _setup_logging(verbose)
+    cfg = WorkerConfig.from_env(
+        bootstrap_servers=bootstrap_servers, state_dir=state_dir, slot=slot,
+        batch_size=batch_size, commit_interval_ms=commit_interval_ms,
+    )
+    p = load_pipeline(pipeline)
+    if processes > 1:
+        from .runtime.supervisor import run_processes
+
+        child = [pipeline, "--bootstrap-servers", cfg.bootstrap_servers, "--state-dir", str(cfg.state_dir),
+                 "--batch-size", str(cfg.batch_size), "--commit-interval-ms", str(cfg.commit_interval_ms)]
+        for c in computation or []:
+            child += ["--computation", c]
+        if verbose:
+            child.append("--verbose")
+        raise typer.Exit(run_processes(processes, child, cfg.slot))
+    from .runtime.worker import Worker
+
+    Worker(p, cfg, computation).run()
+
+
+def _admin(bootstrap_servers: Optional[str]):
+    from .kafka.clients import wait_for_broker
+
+    cfg = WorkerConfig.from_env(bootstrap_servers=bootstrap_servers)
+    return wait_for_broker(cfg)
+
+
+@topics_app.command("create")
+def topics_create(
+    pipeline: str = typer.Argument(..., help=PIPELINE_HELP),
+    bootstrap_servers: Optional[str] = Bootstrap,
+    replication: int = typer.Option(1, "--replication", min=1, help="Replication factor of new topics"),
+) -> None:
+    """Create every missing topic (streams, changelogs, repartitions), then check them all."""
+    from .kafka.topics import create_topics
+
+    p = load_pipeline(pipeline)
+    created = create_topics(_admin(bootstrap_servers), p, replication)
+    typer.echo(f"{len(created)} topics created, {len(p.topics())} checked for pipeline {p.name!r}")
+
+
+@topics_app.command("check")
+def topics_check(pipeline: str = typer.Argument(..., help=PIPELINE_HELP), bootstrap_servers: Optional[str] = Bootstrap) -> None:
+    """Verify every topic exists with the right partitions and cleanup policy."""
+    from .kafka.topics import check_topics
+
+    p = load_pipeline(pipeline)
+    check_topics(_admin(bootstrap_servers), p)
+    typer.echo(f"all {len(p.topics())} topics of pipeline {p.name!r} are in place")
+
+
+def main() -> None:
+    """Entry point: KwheelErrors become one line on stderr and exit code 1."""
+    try:
+        rc = app(standalone_mode=False)
+    except KwheelError as e:
+        print(f"kwheel: error: {e}", file=sys.stderr)
+        sys.exit(1)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except typer.Abort:
+        sys.exit(130)
+    except Exception as e:  # click usage errors and the like
+        import click
+
+        if isinstance(e, click.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        raise
+    sys.exit(rc if isinstance(rc, int) else 0)

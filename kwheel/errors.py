@@ -1,0 +1,37 @@
+"""Errors kwheel raises on purpose: each carries a one-line message that says what and where."""
+
+
+class KwheelError(Exception):
+    """Base class; the CLI prints ``str(err)`` on one line and exits non-zero."""
+
+
+class PipelineError(KwheelError):
+    """The pipeline graph is invalid (unknown stream, no producer, partition mismatch...)."""
+
+
+class ConfigError(KwheelError):
+    """A configuration value is missing or malformed."""
+
+
+class LoadError(KwheelError):
+    """A ``module:attribute`` reference could not be loaded."""
+
+
+class BrokerError(KwheelError):
+    """Kafka could not be reached or refused an operation we need."""
+
+
+class TopicMismatchError(KwheelError):
+    """An existing topic does not match what the pipeline needs."""
+
+
+class SerdeError(KwheelError):
+    """A key or value could not be encoded or decoded."""
+
+
+class RecordError(KwheelError):
+    """Processing one input record failed; names computation, key, position and cause."""
+
+
+class FencedError(KwheelError):
+    """Another process took over a task: this one must stop processing it."""

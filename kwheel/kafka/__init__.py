@@ -1,0 +1,1 @@
+"""Everything that talks to Kafka: client settings, topics, the stream writer."""

@@ -1,0 +1,107 @@
+"""librdkafka settings for kwheel's clients, and waiting for a broker to answer."""
+
+from __future__ import annotations
+
+import time
+
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient
+
+from ..config import WorkerConfig
+from ..errors import BrokerError
+
+# Java-compatible key hashing: keys land where Kafka Streams and Java producers put them.
+PARTITIONER = "murmur2_random"
+
+
+def base_config(cfg: WorkerConfig) -> dict:
+    conf = {"bootstrap.servers": cfg.bootstrap_servers, "log_level": 3}
+    conf.update(cfg.kafka)
+    return conf
+
+
+def transactional_producer_config(cfg: WorkerConfig, transactional_id: str) -> dict:
+    conf = base_config(cfg)
+    conf.update(
+        {
+            "transactional.id": transactional_id,
+            "transaction.timeout.ms": cfg.transaction_timeout_ms,
+            "enable.idempotence": True,
+            "partitioner": PARTITIONER,
+            "linger.ms": 2,
+            "batch.num.messages": 10000,
+            "queue.buffering.max.messages": 1000000,
+            "queue.buffering.max.kbytes": 1048576,
+        }
+    )
+    return conf
+
+
+def producer_config(cfg: WorkerConfig) -> dict:
+    """Idempotent (not transactional) producer, for injection."""
+    conf = base_config(cfg)
+    conf.update({"enable.idempotence": True, "partitioner": PARTITIONER, "linger.ms": 5})
+    return conf
+
+
+def group_consumer_config(cfg: WorkerConfig, group_id: str, instance_id: str | None) -> dict:
+    conf = base_config(cfg)
+    conf.update(
+        {
+            "group.id": group_id,
+            "isolation.level": "read_committed",
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": "earliest",
+            # range co-assigns partition p of every input topic to one member: one task.
+            "partition.assignment.strategy": "range",
+            "session.timeout.ms": cfg.session_timeout_ms,
+            "heartbeat.interval.ms": max(100, cfg.session_timeout_ms // 5),
+            "max.poll.interval.ms": max(cfg.transaction_timeout_ms * 2, cfg.session_timeout_ms),
+            "fetch.wait.max.ms": 50,
+            "queued.min.messages": 20000,
+        }
+    )
+    if instance_id:
+        conf["group.instance.id"] = instance_id
+    return conf
+
+
+def reader_config(cfg: WorkerConfig) -> dict:
+    """A group-less read_committed consumer used with assign() (restore, verification)."""
+    conf = base_config(cfg)
+    conf.update(
+        {
+            "group.id": "kwheel-reader",
+            "isolation.level": "read_committed",
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": "earliest",
+            "enable.partition.eof": True,
+            "fetch.wait.max.ms": 20,
+        }
+    )
+    return conf
+
+
+def admin(cfg: WorkerConfig) -> AdminClient:
+    return AdminClient(base_config(cfg))
+
+
+def wait_for_broker(cfg: WorkerConfig, timeout_s: float | None = None) -> AdminClient:
+    """Return an admin client once the cluster answers; BrokerError after the timeout."""
+    timeout_s = cfg.startup_timeout_s if timeout_s is None else timeout_s
+    client = admin(cfg)
+    deadline = time.monotonic() + timeout_s
+    delay = 0.2
+    last = "no answer"
+    while True:
+        try:
+            client.list_topics(timeout=min(2.0, max(0.1, deadline - time.monotonic())))
+            return client
+        except KafkaException as e:
+            last = e.args[0].str() if e.args else str(e)
+        if time.monotonic() >= deadline:
+            raise BrokerError(f"cannot reach Kafka at {cfg.bootstrap_servers} within {timeout_s:g}s ({last})")
+        time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+        delay = min(delay * 2, 2.0)

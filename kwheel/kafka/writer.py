@@ -1,0 +1,60 @@
+"""Turning produced records into Kafka messages: encode once, write to every route.
+
+A record produced to a stream goes to the stream's topic and, for every computation that
+re-keys that stream, to its repartition topic with the new key, all through the same
+producer (so, inside a transaction, atomically).
+"""
+
+from __future__ import annotations
+
+from confluent_kafka import Producer
+
+from ..errors import PipelineError, SerdeError
+from ..pipeline import Pipeline, Route, Stream
+from ..record import Key, Record
+from ..state.layout import key_tag
+
+ID_HEADER = "kwheel.id"
+
+# (topic, key bytes, value bytes, timestamp, record id)
+Message = tuple[str, bytes, bytes, int, bytes]
+
+
+class StreamWriter:
+    def __init__(self, pipeline: Pipeline, streams: list[str] | None = None):
+        names = list(pipeline.streams) if streams is None else streams
+        self._streams: dict[str, tuple[Stream, list[Route]]] = {
+            n: (pipeline.streams[n], pipeline.routes(n)) for n in names
+        }
+
+    def encode(self, stream: str, key: Key, value: object, timestamp: int, rid: bytes) -> list[Message]:
+        """Encode one record for all its routes; raise SerdeError/PipelineError on bad input."""
+        try:
+            s, routes = self._streams[stream]
+        except KeyError:
+            raise PipelineError(f"cannot produce to {stream!r}: not an output of this computation") from None
+        try:
+            kb = s.key_serde.encode(key)
+        except SerdeError as e:
+            raise SerdeError(f"key for stream {stream!r}: {e}") from None
+        try:
+            vb = s.value_serde.encode(value)
+        except SerdeError as e:
+            raise SerdeError(f"value for stream {stream!r}: {e}") from None
+        out = [(routes[0].topic, kb, vb, timestamp, rid)]
+        for route in routes[1:]:
+            new_key = route.key_by(Record(key, value, timestamp, rid, stream))  # type: ignore[misc]
+            out.append((route.topic, key_tag(new_key), vb, timestamp, rid))
+        return out
+
+
+def send(producer: Producer, messages: list[Message]) -> None:
+    """Hand messages to librdkafka, waiting for queue space when it is full."""
+    produce = producer.produce
+    for topic, kb, vb, ts, rid in messages:
+        while True:
+            try:
+                produce(topic, vb, kb, timestamp=ts, headers=[(ID_HEADER, rid)])
+                break
+            except BufferError:
+                producer.poll(0.05)

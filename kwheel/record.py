@@ -1,0 +1,34 @@
+"""The unit of data: a keyed, timestamped value with a unique id (MillWheel's record)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+Key = str | bytes
+
+
+@dataclass(slots=True)
+class Record:
+    """One record as a computation sees it.
+
+    ``id`` is unique per record and deterministic when derived from an input record, so a
+    replay after a crash produces the same ids and downstream dedup recognises them.
+    ``late`` is True when the record's timestamp is behind the consuming task's low watermark.
+    """
+
+    key: Key
+    value: object
+    timestamp: int
+    id: bytes
+    stream: str = ""
+    late: bool = False
+
+
+@dataclass(slots=True, frozen=True)
+class Timer:
+    """A timer that fired: its per-key ``tag``, its time and its domain ("event" or "wall")."""
+
+    key: Key
+    tag: str
+    timestamp: int
+    domain: str = "event"

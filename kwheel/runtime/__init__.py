@@ -1,0 +1,1 @@
+"""Running computations: tasks, the per-record context, workers and their processes."""

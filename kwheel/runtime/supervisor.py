@@ -1,0 +1,39 @@
+"""``--processes N``: run N worker processes, each its own consumer-group member and slot."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+
+
+def run_processes(n: int, child_args: list[str], slot: str | None) -> int:
+    """Start ``n`` workers (slots ``slot-0`` .. ``slot-{n-1}``), forward SIGTERM/SIGINT,
+    and return the first non-zero exit code (0 when all stopped cleanly)."""
+    procs = []
+    for i in range(n):
+        args = [sys.executable, "-m", "kwheel", "worker", *child_args, "--processes", "1"]
+        if slot:
+            args += ["--slot", f"{slot}-{i}"]
+        procs.append(subprocess.Popen(args))
+
+    def forward(signum: int, _frame: object) -> None:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    code = 0
+    while any(p.poll() is None for p in procs):
+        for p in procs:
+            rc = p.poll()
+            if rc not in (None, 0) and code == 0:
+                code = rc
+                forward(signal.SIGTERM, None)  # one failed: stop the rest cleanly
+        time.sleep(0.2)
+    for p in procs:
+        if p.returncode and code == 0:
+            code = p.returncode
+    return code

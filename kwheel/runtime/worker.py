@@ -1,0 +1,74 @@
+"""A worker process: runs the chosen computations until SIGTERM/SIGINT, then stops cleanly."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+
+from confluent_kafka import KafkaException
+
+from ..config import WorkerConfig
+from ..errors import ConfigError, TopicMismatchError
+from ..kafka import clients
+from ..kafka.topics import check_topics
+from ..pipeline import Pipeline
+from .runner import ComputationRunner
+
+log = logging.getLogger("kwheel.worker")
+
+
+class Worker:
+    def __init__(self, pipeline: Pipeline, cfg: WorkerConfig, computations: list[str] | None = None):
+        names = computations or list(pipeline.computations)
+        unknown = [n for n in names if n not in pipeline.computations]
+        if unknown:
+            known = ", ".join(pipeline.computations)
+            raise ConfigError(f"unknown computation {unknown[0]!r} in pipeline {pipeline.name!r} (known: {known})")
+        self.pipeline = pipeline
+        self.cfg = cfg
+        self.names = names
+        self.runners: list[ComputationRunner] = []
+        self._stop = False
+
+    def stop(self, *_: object) -> None:
+        """Ask the loop to finish its batch, commit and leave (signal-safe)."""
+        self._stop = True
+
+    def _wait_for_topics(self) -> None:
+        """Retry with backoff until the pipeline's topics exist, up to startup_timeout_s."""
+        admin = clients.wait_for_broker(self.cfg)
+        deadline = time.monotonic() + self.cfg.startup_timeout_s
+        delay = 0.2
+        while True:
+            try:
+                check_topics(admin, self.pipeline)
+                return
+            except (TopicMismatchError, KafkaException) as e:
+                if time.monotonic() >= deadline or (isinstance(e, TopicMismatchError) and "missing" not in str(e)):
+                    raise
+                log.warning("waiting for topics: %s", e)
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)
+            if self._stop:
+                raise SystemExit(0)
+
+    def run(self) -> None:
+        signal.signal(signal.SIGTERM, self.stop)
+        signal.signal(signal.SIGINT, self.stop)
+        self._wait_for_topics()
+        self.runners = [ComputationRunner(self.pipeline, n, self.cfg) for n in self.names]
+        log.info("worker %s running %s", self.cfg.slot or "(dynamic)", ", ".join(self.names))
+        timeout = 0.1 / len(self.runners)
+        try:
+            while not self._stop:
+                for r in self.runners:
+                    r.step(timeout)
+        finally:
+            # A failed task has aborted its own batch already; the others commit theirs.
+            for r in self.runners:
+                try:
+                    r.close()
+                except Exception as e:
+                    log.warning("closing %s: %s", r.spec.name, e)
+        log.info("worker %s stopped", self.cfg.slot or "(dynamic)")

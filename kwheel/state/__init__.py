@@ -1,0 +1,1 @@
+"""Per-task state: the RocksDB store, its key layout, and its changelog."""

@@ -1,0 +1,62 @@
+"""Rebuild a task's store from its changelog partition, from where the store left off."""
+
+from __future__ import annotations
+
+import logging
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+
+from .store import TaskStore
+
+log = logging.getLogger("kwheel.restore")
+
+CHUNK = 20000
+
+
+def restore(store: TaskStore, reader_conf: dict, topic: str, partition: int, timeout_s: float = 30.0) -> int:
+    """Replay changelog records after ``store.applied_offset`` up to the end; return how many.
+
+    Call only after this process fenced every earlier writer of the partition (the task's
+    ``init_transactions``), so the end of the log is stable.
+    """
+    reader = Consumer(reader_conf)
+    try:
+        low, high = reader.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout_s)
+        start = store.applied_offset + 1
+        if start > high or (start < low and store.applied_offset >= 0):
+            log.warning(
+                "changelog %s[%d] spans offsets %d..%d but the local store is at %d: rebuilding it from scratch",
+                topic, partition, low, high, start - 1,
+            )
+            store.wipe()
+            start = low
+        start = max(start, low)
+        if start >= high:
+            return 0
+        reader.assign([TopicPartition(topic, partition, start)])
+        applied = 0
+        chunk: list[tuple[bytes, bytes | None]] = []
+        last = start - 1
+        done = False
+        while not done:
+            for m in reader.consume(CHUNK, timeout=1.0):
+                err = m.error()
+                if err is not None:
+                    if err.code() == KafkaError._PARTITION_EOF:
+                        done = True
+                        continue
+                    raise KafkaException(err)
+                chunk.append((m.key(), m.value()))
+                last = m.offset()
+                if last >= high - 1:
+                    done = True
+            if chunk:
+                store.apply(chunk, last)
+                applied += len(chunk)
+                chunk = []
+            if not done:
+                pos = reader.position([TopicPartition(topic, partition)])[0].offset
+                done = pos >= high
+        return applied
+    finally:
+        reader.close()

@@ -1,0 +1,117 @@
+"""An embedded Kafka-protocol broker for tests and the demo: noida-db's Kafka service.
+
+noida-db ships a binary inside its wheel. Its console script only wraps the binary, so we
+run the binary directly, in its own process group, and stop the whole group. It keeps
+records in memory: a restart loses them, so simulate broker faults with ``pause()`` /
+``resume()`` (SIGSTOP/SIGCONT), never a restart.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from ..errors import BrokerError
+
+
+def noida_binary() -> Path:
+    try:
+        from importlib.resources import files
+
+        path = Path(str(files("noida_db").joinpath("noida-db")))
+    except ModuleNotFoundError:
+        raise BrokerError("the embedded broker needs the noida-db package: pip install 'kwheel[test]'") from None
+    if not path.is_file():
+        raise BrokerError(f"noida-db binary not found at {path}")
+    if not os.access(path, os.X_OK):
+        path.chmod(0o755)
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class EmbeddedBroker:
+    """Start with ``start()`` (or as a context manager); ``bootstrap`` is host:port."""
+
+    def __init__(self, data_dir: str | Path | None = None, port: int | None = None, log_path: str | Path | None = None):
+        self._tmp = None
+        if data_dir is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="kwheel-broker-")
+            data_dir = self._tmp.name
+        self.data_dir = Path(data_dir)
+        self.port = port or free_port()
+        self.bootstrap = f"127.0.0.1:{self.port}"
+        self.log_path = Path(log_path) if log_path else self.data_dir / "broker.log"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout_s: float = 30.0) -> EmbeddedBroker:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        args = [str(noida_binary()), "start", "--only", "kafka", "--kafka-port", str(self.port),
+                "--host", "127.0.0.1", "--data-dir", str(self.data_dir)]
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        log.close()
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise BrokerError(f"embedded broker exited with {self.proc.returncode}; see {self.log_path}")
+            if self._answers():
+                return self
+            time.sleep(0.05)
+        self.stop()
+        raise BrokerError(f"embedded broker did not answer on {self.bootstrap} within {timeout_s:g}s; see {self.log_path}")
+
+    def _answers(self) -> bool:
+        from confluent_kafka.admin import AdminClient
+
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                pass
+        except OSError:
+            return False
+        try:
+            AdminClient({"bootstrap.servers": self.bootstrap, "log_level": 0}).list_topics(timeout=2)
+            return True
+        except Exception:
+            return False
+
+    def _signal(self, sig: int) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)
+
+    def pause(self) -> None:
+        """Freeze the broker (SIGSTOP): a stall clients must ride out."""
+        self._signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self._signal(signal.SIGCONT)
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        self._signal(signal.SIGCONT)
+        self._signal(signal.SIGTERM)
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self._signal(signal.SIGKILL)
+            self.proc.wait(10)
+        self.proc = None
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    def __enter__(self) -> EmbeddedBroker:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

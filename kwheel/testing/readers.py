@@ -1,0 +1,59 @@
+"""Read what a topic holds *committed* (read_committed), up to its current end."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+
+from ..kafka.writer import ID_HEADER
+
+
+@dataclass(frozen=True)
+class CommittedRecord:
+    key: bytes | None
+    value: bytes | None
+    timestamp: int
+    id: bytes | None
+    partition: int
+    offset: int
+    headers: tuple
+
+
+def read_committed(bootstrap: str, topic: str, timeout_s: float = 30.0) -> list[CommittedRecord]:
+    """Every committed record of ``topic`` (all partitions), in partition/offset order."""
+    c = Consumer({
+        "bootstrap.servers": bootstrap, "group.id": "kwheel-verify", "isolation.level": "read_committed",
+        "enable.auto.commit": False, "enable.partition.eof": True, "auto.offset.reset": "earliest", "log_level": 3,
+    })
+    try:
+        md = c.list_topics(topic, timeout=10).topics[topic]
+        if md.error is not None:
+            raise KafkaException(md.error)
+        parts = sorted(md.partitions)
+        ends = {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in parts}
+        todo = {p for p in parts if ends[p] > 0}
+        c.assign([TopicPartition(topic, p, 0) for p in parts])
+        out: list[CommittedRecord] = []
+        deadline = time.monotonic() + timeout_s
+        while todo:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"reading {topic}: partitions {sorted(todo)} did not reach their end in {timeout_s}s")
+            for m in c.consume(10000, 0.5):
+                err = m.error()
+                if err is not None:
+                    if err.code() == KafkaError._PARTITION_EOF:
+                        if m.offset() >= ends[m.partition()]:
+                            todo.discard(m.partition())
+                        continue
+                    raise KafkaException(err)
+                hdrs = tuple(m.headers() or ())
+                rid = next((v for k, v in hdrs if k == ID_HEADER), None)
+                out.append(CommittedRecord(m.key(), m.value(), m.timestamp()[1], rid, m.partition(), m.offset(), hdrs))
+                if m.offset() >= ends[m.partition()] - 1:
+                    todo.discard(m.partition())
+        out.sort(key=lambda r: (r.partition, r.offset))
+        return out
+    finally:
+        c.close()
