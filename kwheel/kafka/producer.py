@@ -44,3 +44,4 @@ class StreamProducer:
 
     def __exit__(self, *exc: object) -> None:
         self.flush()
+        self._producer = None  # let librdkafka shut down now, not at garbage collection

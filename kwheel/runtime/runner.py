@@ -59,7 +59,7 @@ class ComputationRunner:
             except Exception as e:
                 log.warning("%s: commit on revoke failed: %s", task.name, e)
             task.close()
-            log.info("%s: revoked (%s)", task.name, task.counters)
+            log.info("%s: revoked", task.name)
 
     def _on_lost(self, consumer: Consumer, parts: list[TopicPartition]) -> None:
         # Partitions lost (session expired): someone else may own them, so do not commit.
@@ -103,7 +103,12 @@ class ComputationRunner:
     def _consumer_error(self, err: KafkaError) -> None:
         if err.code() == KafkaError._PARTITION_EOF:
             return
-        if err.fatal():
+        if err.fatal() or err.code() == KafkaError._FATAL:
+            if "fenced" in err.str().lower():
+                raise FencedError(
+                    f"worker slot {self.cfg.slot!r} was fenced in group {self.pipeline.group_id(self.spec.name)!r}: "
+                    f"another process joined with the same slot id ({err.str()})"
+                )
             raise BrokerError(f"consumer of {self.spec.name!r} failed: {err.str()}")
         log.warning("%s: consumer: %s", self.spec.name, err.str())
 

@@ -11,9 +11,10 @@ Only after the commit are the changes written to RocksDB.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from rbloom import Bloom
@@ -112,6 +113,7 @@ class Task:
     def close(self) -> None:
         if self._in_txn:
             self.abort()
+        log.info("%s: closed %s", self.name, json.dumps(asdict(self.counters)))
         if self.producer is not None:
             self.producer.flush(5)
             self.producer = None

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import time
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
+from ..errors import BrokerError
 from .store import TaskStore
 
 log = logging.getLogger("kwheel.restore")
@@ -38,8 +40,16 @@ def restore(store: TaskStore, reader_conf: dict, topic: str, partition: int, tim
         chunk: list[tuple[bytes, bytes | None]] = []
         last = start - 1
         done = False
+        idle_deadline = time.monotonic() + timeout_s
         while not done:
-            for m in reader.consume(CHUNK, timeout=1.0):
+            msgs = reader.consume(CHUNK, timeout=0.05)
+            if msgs:
+                idle_deadline = time.monotonic() + timeout_s
+            elif time.monotonic() > idle_deadline:
+                raise BrokerError(
+                    f"restoring {topic}[{partition}]: no progress for {timeout_s:g}s at offset {last + 1} of {high}"
+                )
+            for m in msgs:
                 err = m.error()
                 if err is not None:
                     if err.code() == KafkaError._PARTITION_EOF:

@@ -57,3 +57,27 @@ def read_committed(bootstrap: str, topic: str, timeout_s: float = 30.0) -> list[
         return out
     finally:
         c.close()
+
+
+class CommittedTail:
+    """Follow a topic from its start, returning newly committed records on each ``poll()``."""
+
+    def __init__(self, bootstrap: str, topic: str):
+        self._c = Consumer({
+            "bootstrap.servers": bootstrap, "group.id": "kwheel-tail", "isolation.level": "read_committed",
+            "enable.auto.commit": False, "auto.offset.reset": "earliest", "log_level": 3,
+        })
+        md = self._c.list_topics(topic, timeout=10).topics[topic]
+        self._c.assign([TopicPartition(topic, p, 0) for p in md.partitions])
+
+    def poll(self, timeout_s: float = 0.5) -> list[CommittedRecord]:
+        out = []
+        for m in self._c.consume(100_000, timeout_s):
+            if m.error() is None:
+                hdrs = tuple(m.headers() or ())
+                rid = next((v for k, v in hdrs if k == ID_HEADER), None)
+                out.append(CommittedRecord(m.key(), m.value(), m.timestamp()[1], rid, m.partition(), m.offset(), hdrs))
+        return out
+
+    def close(self) -> None:
+        self._c.close()

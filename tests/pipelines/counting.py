@@ -1,0 +1,67 @@
+"""Pipelines for the integration tests; the name comes from KWHEEL_TEST_PIPELINE so every
+test gets fresh topics and consumer groups."""
+
+import os
+
+from kwheel import Computation, Input, Pipeline
+
+
+class Counter(Computation):
+    def process_record(self, ctx, record):
+        n = ctx.state.get("count", 0) + 1
+        ctx.state["count"] = n
+        ctx.produce("counts", ctx.key, {"key": ctx.key, "count": n}, record.timestamp)
+
+
+class Flaky(Computation):
+    """Counts, but raises on records whose value has ``"poison": true`` (unless the test
+    sets KWHEEL_TEST_CURED, standing in for a fixed deployment)."""
+
+    def process_record(self, ctx, record):
+        if record.value.get("poison") and not os.environ.get("KWHEEL_TEST_CURED"):
+            raise ValueError(f"poisoned record {record.value.get('seq')}")
+        n = ctx.state.get("count", 0) + 1
+        ctx.state["count"] = n
+        ctx.produce("counts", ctx.key, {"key": ctx.key, "count": n}, record.timestamp)
+
+
+def _name() -> str:
+    return os.environ.get("KWHEEL_TEST_PIPELINE", "counting")
+
+
+def keyed_count(name: str | None = None, partitions: int = 4) -> Pipeline:
+    """events (source, keyed by user) -> counter -> counts."""
+    p = Pipeline(name or _name())
+    p.stream("events", partitions=partitions, value="json", source=True)
+    p.stream("counts", partitions=partitions, value="json")
+    p.computation("counter", Counter, inputs=["events"], outputs=["counts"])
+    return p
+
+
+def rekeyed_count(name: str | None = None) -> Pipeline:
+    """events keyed by user, counted per country: the counter re-keys through a repartition topic."""
+    p = Pipeline(name or _name())
+    p.stream("events", partitions=4, value="json", source=True)
+    p.stream("counts", partitions=3, value="json")
+    p.computation("counter", Counter, inputs=[Input("events", key_by=lambda r: r.value["country"])],
+                  outputs=["counts"], partitions=3)
+    return p
+
+
+def flaky_count(name: str | None = None) -> Pipeline:
+    """Like keyed_count, but the counter raises on poisoned records (stop policy)."""
+    p = Pipeline(name or _name())
+    p.stream("events", partitions=2, value="json", source=True)
+    p.stream("counts", partitions=2, value="json")
+    p.computation("counter", Flaky, inputs=["events"], outputs=["counts"])
+    return p
+
+
+def flaky_count_dlq(name: str | None = None) -> Pipeline:
+    """The flaky counter with a dead-letter stream: poisoned records are set aside."""
+    p = Pipeline(name or _name())
+    p.stream("events", partitions=2, value="json", source=True)
+    p.stream("counts", partitions=2, value="json")
+    p.stream("dead", partitions=1, value="bytes")
+    p.computation("counter", Flaky, inputs=["events"], outputs=["counts"], dead_letter="dead")
+    return p
