@@ -166,6 +166,9 @@ class Pipeline:
             raise PipelineError(f"{what} unknown stream {stream!r} (declared streams: {known})")
 
     # ---- Kafka names -----------------------------------------------------------------
+    def watermark_topic(self) -> str:
+        return f"{self.name}.watermarks"
+
     def group_id(self, computation: str) -> str:
         return f"{self.name}.{computation}"
 
@@ -206,6 +209,7 @@ class Pipeline:
         need: dict[str, tuple[int, dict[str, str]]] = {}
         for s in self.streams.values():
             need[s.topic] = (s.partitions, {})
+        need[self.watermark_topic()] = (1, {"cleanup.policy": "compact"})
         for c in self.computations.values():
             need[self.changelog_topic(c.name)] = (c.partitions, {"cleanup.policy": "compact"})
             for ti in self.task_inputs(c.name):

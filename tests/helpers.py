@@ -58,11 +58,12 @@ def check_exact_counts(bootstrap: str, topic: str, expected: Counter, key_field:
     return records
 
 
-def worker_stats(log: str) -> dict[str, int]:
-    """Sum the counters every task of a worker log reported when it closed."""
+def worker_stats(log: str, computation: str = "") -> dict[str, int]:
+    """Sum the counters every task (of ``computation``, if given) reported when it closed."""
     total: Counter = Counter()
-    for m in re.finditer(r": closed (\{.*\})", log):
-        total.update(json.loads(m.group(1)))
+    for m in re.finditer(r"(\S+)\[\d+\]: closed (\{.*\})", log):
+        if not computation or m.group(1) == computation:
+            total.update(json.loads(m.group(2)))
     return dict(total)
 
 
@@ -92,3 +93,19 @@ def changelog_state(bootstrap: str, topic: str) -> dict:
         else:
             state[k] = layout.decode_state(r.value)
     return state
+
+
+def read_controls(bootstrap: str, pipeline_name: str):
+    """Every watermark control record of a pipeline, in publication order."""
+    from kwheel.watermarks.control import Control
+
+    return [Control.decode(r.value) for r in read_committed(bootstrap, f"{pipeline_name}.watermarks")]
+
+
+def latest_watermark(bootstrap: str, pipeline_name: str, prefix: str) -> int:
+    """min over producers whose id starts with ``prefix`` of their latest watermark."""
+    latest: dict[str, int] = {}
+    for c in read_controls(bootstrap, pipeline_name):
+        if c.producer.startswith(prefix):
+            latest[c.producer] = c.watermark
+    return min(latest.values()) if latest else -(2**63)

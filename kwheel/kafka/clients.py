@@ -60,6 +60,9 @@ def group_consumer_config(cfg: WorkerConfig, group_id: str, instance_id: str | N
             "max.poll.interval.ms": max(cfg.transaction_timeout_ms * 2, cfg.session_timeout_ms),
             "fetch.wait.max.ms": 50,
             "queued.min.messages": 20000,
+            # EOF events move the position past trailing transaction markers, which is
+            # how a task knows it consumed up to a producer's watermark positions
+            "enable.partition.eof": True,
         }
     )
     if instance_id:

@@ -39,9 +39,12 @@ class StreamProducer:
         if left:
             raise BrokerError(f"{left} records not delivered within {timeout_s:g}s ({'; '.join(self._errors[-3:])})")
 
+    def close(self) -> None:
+        self.flush()
+        self._producer = None  # let librdkafka shut down now, not at garbage collection
+
     def __enter__(self) -> StreamProducer:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.flush()
-        self._producer = None  # let librdkafka shut down now, not at garbage collection
+        self.close()

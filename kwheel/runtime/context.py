@@ -9,6 +9,11 @@ from __future__ import annotations
 from ..ids import derive
 from ..kafka.writer import Message, StreamWriter
 from ..record import Key
+from ..state.layout import encode_timer, timer_key
+
+EVENT = b"e"
+WALL = b"w"
+_DOMAINS = {"event": EVENT, "wall": WALL}
 
 _MISSING = object()
 
@@ -78,26 +83,33 @@ class KeyState:
 class TaskContext:
     """One per task, re-aimed at each record or timer (no per-call allocation of a context)."""
 
-    __slots__ = ("key", "state", "_writer", "_parent_id", "_n", "outputs", "_default_ts", "_low_watermark", "_timers")
+    __slots__ = ("key", "state", "_writer", "_parent_id", "_n", "outputs", "_default_ts", "low_watermark",
+                 "_keytag", "timer_ops")
 
     def __init__(self, writer: StreamWriter):
         self._writer = writer
         self.outputs: list[Message] = []
+        self.timer_ops: list[tuple[bytes, bytes | None]] = []
         self.key: Key = ""
+        self._keytag = b""
         self.state: KeyState = KeyState({})
         self._parent_id = b""
         self._n = 0
         self._default_ts = 0
-        self._low_watermark = -(2**63)
-        self._timers = None
+        #: the task's input low watermark (ms): every record older than this was processed
+        self.low_watermark = -(2**63)
 
-    def begin(self, key: Key, state: KeyState, parent_id: bytes, default_ts: int) -> None:
+    def begin(self, key: Key, keytag: bytes, state: KeyState, parent_id: bytes, default_ts: int) -> None:
         self.key = key
+        self._keytag = keytag
         self.state = state
         self._parent_id = parent_id
         self._n = 0
         self._default_ts = default_ts
-        self.outputs = []
+        if self.outputs:
+            self.outputs = []
+        if self.timer_ops:
+            self.timer_ops = []
 
     def produce(self, stream: str, key: Key, value: object, timestamp: int | None = None) -> None:
         rid = derive(self._parent_id, self._n)
@@ -105,12 +117,16 @@ class TaskContext:
         ts = self._default_ts if timestamp is None else int(timestamp)
         self.outputs.extend(self._writer.encode(stream, key, value, ts, rid))
 
-    @property
-    def low_watermark(self) -> int:
-        return self._low_watermark
-
     def set_timer(self, tag: str, timestamp: int, domain: str = "event") -> None:
-        raise NotImplementedError("timers arrive with the watermark work (issue 3)")
+        """Set this key's timer ``tag`` (replacing it): "event" fires once the low watermark
+        reaches ``timestamp``, "wall" once the clock (ms since the epoch) does."""
+        code = _DOMAINS.get(domain)
+        if code is None:
+            raise ValueError(f"timer domain must be 'event' or 'wall', got {domain!r}")
+        if not isinstance(tag, str):
+            raise TypeError(f"timer tag must be str, got {type(tag).__name__}")
+        self.timer_ops.append((timer_key(self._keytag, tag), encode_timer(int(timestamp), code)))
 
     def delete_timer(self, tag: str) -> None:
-        raise NotImplementedError("timers arrive with the watermark work (issue 3)")
+        """Cancel this key's timer ``tag`` if set."""
+        self.timer_ops.append((timer_key(self._keytag, tag), None))

@@ -12,7 +12,12 @@ from ..config import WorkerConfig
 from ..errors import BrokerError, FencedError
 from ..kafka import clients
 from ..pipeline import Pipeline
+from ..watermarks.control import TASK, Control, task_producer_id
+from ..watermarks.transport import WatermarkPublisher
+from ..watermarks.upstream import WatermarkTable
 from .task import Task
+
+HEARTBEAT_S = 1.0  # an unchanged watermark is republished this often, so idle stages advance
 
 log = logging.getLogger("kwheel.worker")
 
@@ -20,11 +25,23 @@ log = logging.getLogger("kwheel.worker")
 class ComputationRunner:
     """Consumes the computation's input topics and drives one Task per assigned partition."""
 
-    def __init__(self, pipeline: Pipeline, computation: str, cfg: WorkerConfig):
+    def __init__(self, pipeline: Pipeline, computation: str, cfg: WorkerConfig,
+                 table: WatermarkTable, publisher: WatermarkPublisher):
         self.pipeline = pipeline
         self.spec = pipeline.computations[computation]
         self.cfg = cfg
+        self.table = table
+        self.publisher = publisher
         self.topics = [ti.topic for ti in pipeline.task_inputs(computation)]
+        # every partition this computation writes: what its watermarks must cover
+        out_topics = [r.topic for s in self.spec.outputs for r in pipeline.routes(s)]
+        if self.spec.dead_letter:
+            out_topics.append(pipeline.streams[self.spec.dead_letter].topic)
+        parts = pipeline.topics()
+        self.output_partitions = [(t, p) for t in dict.fromkeys(out_topics) for p in range(parts[t][0])]
+        self.streams_out = list(self.spec.outputs) + ([self.spec.dead_letter] if self.spec.dead_letter else [])
+        self._committed: dict[tuple[str, int], int] = {}
+        self._published: dict[int, tuple[int, float]] = {}  # partition -> (watermark, when)
         instance = f"{cfg.slot}" if cfg.slot else None
         conf = clients.group_consumer_config(cfg, pipeline.group_id(computation), instance)
         self.consumer = Consumer(conf)
@@ -43,6 +60,8 @@ class ComputationRunner:
                 task.open()
                 self.tasks[p] = task
                 log.info("%s: assigned and ready (restored %d records)", task.name, task.counters.restored)
+            for tp in consumer.committed(parts, timeout=self.cfg.startup_timeout_s):
+                self._committed[(tp.topic, tp.partition)] = max(tp.offset, 0)
         except Exception as e:  # raised inside librdkafka's callback: surface it from step()
             self._fatal = e
         consumer.assign(parts)
@@ -97,8 +116,54 @@ class ComputationRunner:
                 self._abort_task(task)
                 raise
         due = time.monotonic() - self._last_commit >= self.cfg.commit_interval_ms / 1000
-        if due or any(t.pending >= self.cfg.batch_size for t in self.tasks.values()):
+        if due:
+            self.tick()
+        elif any(t.pending >= self.cfg.batch_size for t in self.tasks.values()):
             self.commit()
+
+    def tick(self) -> None:
+        """Advance watermarks, fire due timers, commit, then publish watermarks."""
+        tps = [TopicPartition(t, p) for p in self.tasks for t in self.topics]
+        consumed = dict(self._committed)
+        if tps:
+            for tp in self.consumer.position(tps):
+                if tp.offset >= 0:
+                    consumed[(tp.topic, tp.partition)] = tp.offset
+        now_ms = int(time.time() * 1000)
+        for p, task in list(self.tasks.items()):
+            w = task.upstream.watermark(self.table, lambda topic, p=p: consumed.get((topic, p), 0))
+            task.advance(w)
+            try:
+                task.fire_timers(now_ms)
+            except Exception:
+                self._abort_task(task)
+                raise
+        self.commit()
+        self.publish()
+
+    def publish(self) -> None:
+        """Tell downstream how far each task got: after its outputs are committed."""
+        if not self.tasks:
+            return
+        now = time.monotonic()
+        todo = {}
+        for p, task in self.tasks.items():
+            w = task.compute_output_watermark()
+            pid = task_producer_id(self.spec.name, p)
+            w = max(w, self.table.published(pid))  # never below what an earlier owner said
+            last = self._published.get(p)
+            if last is None or last[0] != w or now - last[1] >= HEARTBEAT_S:
+                todo[p] = (task, w, pid)
+        if not todo:
+            return
+        ends = self.publisher.end_offsets(self.output_partitions)
+        wall = int(time.time() * 1000)
+        for p, (task, w, pid) in todo.items():
+            positions = [(t, q, o) for (t, q), o in ends.items()]
+            control = Control(pid, TASK, self.streams_out, w, positions, wall, task.input_watermark, stats=task.stats())
+            self.publisher.publish(control)
+            self.table.add(control)
+            self._published[p] = (w, now)
 
     def _consumer_error(self, err: KafkaError) -> None:
         if err.code() == KafkaError._PARTITION_EOF:
@@ -113,6 +178,7 @@ class ComputationRunner:
         log.warning("%s: consumer: %s", self.spec.name, err.str())
 
     def commit(self) -> None:
+        """Commit every task's open batch (a fenced task is dropped, the others go on)."""
         for p, task in list(self.tasks.items()):
             try:
                 task.commit()
@@ -140,7 +206,7 @@ class ComputationRunner:
     def close(self, commit: bool = True) -> None:
         """Commit (unless failing), then leave the group (revoke closes the tasks)."""
         if commit:
-            self.commit()
+            self.tick()
         else:
             for task in self.tasks.values():
                 self._abort_task(task)

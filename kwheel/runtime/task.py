@@ -4,17 +4,20 @@ Each task has its own transactional producer whose ``transactional.id`` names th
 (pipeline.computation.partition). Whoever opens a task fences every earlier owner of it
 on any broker, without relying on the group coordinator (see docs/architecture.md).
 
-Per batch, in one transaction: the outputs of every record, one changelog record per
-touched key, one record of the ids first seen in the batch, and the input offsets.
-Only after the commit are the changes written to RocksDB.
+Per batch, in one transaction: the outputs of every record and fired timer, one changelog
+record per touched key and timer, one record of the ids first seen in the batch, the
+task's input watermark, and the input offsets. Only after the commit are the changes
+written to RocksDB.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import struct
 import time
 from dataclasses import asdict, dataclass
+from hashlib import blake2b
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from rbloom import Bloom
@@ -25,17 +28,23 @@ from ..errors import FencedError, RecordError
 from ..kafka import clients
 from ..kafka.writer import ID_HEADER, StreamWriter, send
 from ..pipeline import ComputationSpec, Pipeline, TaskInput
-from ..record import Record
+from ..record import Key, Record, Timer
 from ..state import layout
 from ..state.restore import restore
 from ..state.store import TaskStore
-from .context import KeyState, TaskContext
+from ..watermarks import MIN_WATERMARK
+from ..watermarks.upstream import Upstream
+from .context import EVENT, WALL, KeyState, TaskContext
+from .timers import TimerTable
 
 log = logging.getLogger("kwheel.task")
 
 ERROR_HEADER = "kwheel.error"
 SOURCE_HEADER = "kwheel.source"
 MAX_CACHED_KEYS = 200_000
+MAX_FIRES_PER_TICK = 100_000
+_WATERMARK_VALUE = struct.Struct(">qq")  # input watermark, timer fire sequence
+_DOMAIN_NAMES = {EVENT: "event", WALL: "wall"}
 
 
 @dataclass
@@ -44,7 +53,9 @@ class TaskCounters:
     duplicates: int = 0
     late: int = 0
     dead_lettered: int = 0
+    timers_fired: int = 0
     commits: int = 0
+    aborts: int = 0
     restored: int = 0
 
 
@@ -70,14 +81,20 @@ class Task:
         self.name = f"{spec.name}[{partition}]"
         self.changelog = pipeline.changelog_topic(spec.name)
         self.inputs = {ti.topic: _Input(ti) for ti in pipeline.task_inputs(spec.name)}
+        self.upstream = Upstream(pipeline, spec.name, partition)
         self.counters = TaskCounters()
-        outputs = list(spec.outputs)
-        self.writer = StreamWriter(pipeline, outputs)
+        self.writer = StreamWriter(pipeline, list(spec.outputs))
         self.ctx = TaskContext(self.writer)
         self.dead_letter = pipeline.streams[spec.dead_letter].topic if spec.dead_letter else None
         self.store = TaskStore(cfg.state_dir / pipeline.name / spec.name / str(partition))
         self.producer: Producer | None = None
         self.computation = spec.factory()
+        self.timers = TimerTable(self.store)
+        # watermarks: of the inputs (persisted, monotonic) and the one this task publishes
+        self.input_watermark = MIN_WATERMARK
+        self.output_watermark = MIN_WATERMARK
+        self._fire_seq = 0
+        self._watermark_dirty = False
         # in-memory state in front of RocksDB: committed values, and this batch's changes
         self._clean: dict[bytes, dict] = {}
         self._dirty: dict[bytes, dict] = {}
@@ -101,6 +118,11 @@ class Task:
         if n:
             log.info("%s: restored %d changelog records in %.2fs", self.name, n, time.monotonic() - started)
         self._next_batch = self.store.next_batch
+        raw = self.store.get(layout.WATERMARK)
+        if raw is not None:
+            self.input_watermark, self._fire_seq = _WATERMARK_VALUE.unpack(raw)
+        self.ctx.low_watermark = self.input_watermark
+        self.timers = TimerTable(self.store)
         self._rebuild_bloom()
         self.computation.setup()
 
@@ -108,7 +130,6 @@ class Task:
         seen = list(self.store.seen_ids())
         self._bloom = Bloom(max(100_000, 2 * len(seen)), 0.01)
         self._bloom.update(seen)
-        self._bloom_count = len(seen)
 
     def close(self) -> None:
         if self._in_txn:
@@ -124,17 +145,21 @@ class Task:
     def pending(self) -> int:
         return self._txn_records
 
-    def process(self, messages: list[Message]) -> None:
-        """Process consumed messages of this task; raise RecordError under the stop policy."""
+    def _begin(self) -> None:
         if not self._in_txn:
             self.producer.begin_transaction()
             self._in_txn = True
+
+    def process(self, messages: list[Message]) -> None:
+        """Process consumed messages of this task; raise RecordError under the stop policy."""
+        self._begin()
         inputs = self.inputs
         bloom = self._bloom
         pending_ids = self._pending_ids
         ctx = self.ctx
         comp = self.computation
         counters = self.counters
+        watermark = self.input_watermark
         for m in messages:
             topic = m.topic()
             offset = m.offset()
@@ -155,21 +180,32 @@ class Task:
                 key = inp.decode_key(raw_key)
                 value = inp.decode_value(m.value())
                 ts = m.timestamp()[1]
-                record = Record(key, value, ts, rid, inp.stream)
+                record = Record(key, value, ts, rid, inp.stream, ts < watermark)
                 tag = layout.key_tag(key)
                 state = KeyState(self._load(tag))
-                ctx.begin(key, state, rid, ts)
+                ctx.begin(key, tag, state, rid, ts)
                 comp.process_record(ctx, record)
             except Exception as e:  # user code and decoding: the error policy decides
-                self._record_failed(m, inp, key, e)
+                where = f"{topic}[{m.partition()}]@{offset}"
+                self._failed(f"failed on key {key!r} at {where}", e, m.key(), m.value(), m.timestamp()[1], rid, where)
                 continue
-            if state.changed:
-                self._dirty[tag] = state.snapshot()
-            if ctx.outputs:
-                send(self.producer, ctx.outputs)
+            self._succeeded(tag, state)
             pending_ids[rid] = ts
             bloom.add(rid)
             counters.processed += 1
+            if record.late:
+                counters.late += 1
+
+    def _succeeded(self, tag: bytes, state: KeyState) -> None:
+        """Make one call's effects part of the batch (they were held back until it returned)."""
+        ctx = self.ctx
+        if state.changed:
+            self._dirty[tag] = state.snapshot()
+        if ctx.timer_ops:
+            for tkey, value in ctx.timer_ops:
+                self.timers.apply(tkey, value)
+        if ctx.outputs:
+            send(self.producer, ctx.outputs)
 
     def _load(self, tag: bytes) -> dict:
         d = self._dirty.get(tag)
@@ -185,31 +221,83 @@ class Task:
         self._clean[tag] = d
         return d
 
-    def _record_failed(self, m: Message, inp: _Input, key: object, e: Exception) -> None:
-        where = f"{m.topic()}[{m.partition()}]@{m.offset()}"
-        msg = (
-            f"computation {self.spec.name!r} failed on key {key!r} at {where}: "
-            f"{type(e).__name__}: {e}"
-        )
+    def _failed(self, what: str, e: Exception, key: bytes | None, value: bytes | None, ts: int, rid: bytes, where: str) -> None:
+        msg = f"computation {self.spec.name!r} {what}: {type(e).__name__}: {e}"
         if self.dead_letter is None:
             raise RecordError(msg) from e
-        headers = [(ID_HEADER, _record_id(m)), (ERROR_HEADER, msg.encode()), (SOURCE_HEADER, where.encode())]
-        self.producer.produce(self.dead_letter, m.value(), m.key(), timestamp=m.timestamp()[1], headers=headers)
+        headers = [(ID_HEADER, rid), (ERROR_HEADER, msg.encode()), (SOURCE_HEADER, where.encode())]
+        self.producer.produce(self.dead_letter, value, key, timestamp=ts, headers=headers)
         self.counters.dead_lettered += 1
         log.warning("%s: dead-lettered: %s", self.name, msg)
+
+    # ---- watermarks and timers ------------------------------------------------------------
+    def advance(self, upstream_watermark: int) -> None:
+        """Raise the input watermark (never lower it)."""
+        if upstream_watermark > self.input_watermark:
+            self.input_watermark = upstream_watermark
+            self.ctx.low_watermark = upstream_watermark
+            self._watermark_dirty = True
+
+    def fire_timers(self, wall_now_ms: int) -> int:
+        """Fire due timers in time order: event timers up to the input watermark, wall timers
+        up to the clock. Returns how many fired."""
+        fired = 0
+        for domain, limit in ((EVENT, self.input_watermark), (WALL, wall_now_ms)):
+            while fired < MAX_FIRES_PER_TICK:
+                due = self.timers.due(domain, limit)
+                if not due:
+                    break
+                for ts, tkey in due:
+                    value = self.timers.value(tkey)
+                    if value is None or layout.decode_timer(value) != (ts, domain):
+                        continue  # deleted or moved by an earlier timer of this round
+                    self._fire(tkey, ts, domain)
+                    fired += 1
+        return fired
+
+    def _fire(self, tkey: bytes, ts: int, domain: bytes) -> None:
+        self._begin()
+        keytag, tag = layout.split_timer_key(tkey)
+        key: Key = layout.key_from_tag(keytag)
+        self.timers.apply(tkey, None)  # fired: gone, unless the call sets it again
+        self._fire_seq += 1
+        self._watermark_dirty = True
+        rid = blake2b(tkey + self._fire_seq.to_bytes(8, "big"), digest_size=ids.ID_BYTES).digest()
+        state = KeyState(self._load(keytag))
+        self.ctx.begin(key, keytag, state, rid, ts)
+        try:
+            self.computation.process_timer(self.ctx, Timer(key, tag, ts, _DOMAIN_NAMES[domain]))
+        except Exception as e:
+            what = f"failed in timer {tag!r} ({_DOMAIN_NAMES[domain]} {ts}) of key {key!r}"
+            body = json.dumps({"timer": tag, "timestamp": ts, "domain": _DOMAIN_NAMES[domain]}).encode()
+            self._failed(what, e, keytag[1:], body, ts, rid, f"{self.name} timer {tag!r}")
+            return
+        self._succeeded(keytag, state)
+        self.counters.timers_fired += 1
+
+    def compute_output_watermark(self) -> int:
+        """min(input watermark, earliest pending event timer), never lower than before."""
+        w = min(self.input_watermark, self.timers.earliest(EVENT))
+        if w > self.output_watermark:
+            self.output_watermark = w
+        return self.output_watermark
 
     # ---- committing --------------------------------------------------------------------
     def commit(self) -> None:
         """Commit the open transaction and then apply its changes to RocksDB."""
-        if not self._in_txn:
+        if not self._in_txn and not self._watermark_dirty:
             return
+        self._begin()
         changes: list[tuple[bytes, bytes | None]] = [
             (layout.STATE + tag, layout.encode_state(d) if d else None) for tag, d in self._dirty.items()
         ]
+        changes.extend(self.timers.changes.items())
         next_batch = self._next_batch
         if self._pending_ids:
             changes.append((layout.id_batch_key(next_batch), layout.encode_id_batch(self._pending_ids)))
             next_batch += 1
+        if self._watermark_dirty:
+            changes.append((layout.WATERMARK, _WATERMARK_VALUE.pack(self.input_watermark, self._fire_seq)))
         last_offset = [-1]
 
         def delivered(err, msg):
@@ -244,6 +332,8 @@ class Task:
         self._next_batch = next_batch
         for tag, d in self._dirty.items():
             self._clean[tag] = d
+        self.timers.committed()
+        self._watermark_dirty = False
         self.counters.commits += 1
         self._end_txn()
 
@@ -259,6 +349,7 @@ class Task:
         """Abort the open transaction and rewind the consumer to replay its records."""
         if not self._in_txn:
             return
+        self.counters.aborts += 1
         try:
             self.producer.abort_transaction(self.cfg.transaction_timeout_ms / 1000)
         except KafkaException as e:
@@ -275,7 +366,14 @@ class Task:
                 log.warning("%s: cannot rewind %s: %s", self.name, tp, e)
 
     def _discard(self) -> None:
-        self._dirty.clear()
+        """Forget the batch: state, timers and the fire sequence go back to the store's."""
+        self.timers.discard()
+        raw = self.store.get(layout.WATERMARK)
+        if raw is not None:
+            _, self._fire_seq = _WATERMARK_VALUE.unpack(raw)
+        else:
+            self._fire_seq = 0
+        self._watermark_dirty = True  # keep the (monotonic) input watermark for the next batch
         self._end_txn()
 
     def _end_txn(self) -> None:
@@ -286,6 +384,11 @@ class Task:
         self._txn_records = 0
         self._in_txn = False
 
+    def stats(self) -> dict[str, int]:
+        out = asdict(self.counters)
+        out["pending_timers"] = self.timers.pending
+        return out
+
 
 def _record_id(m: Message) -> bytes:
     headers = m.headers()
@@ -294,4 +397,3 @@ def _record_id(m: Message) -> bytes:
             if name == ID_HEADER:
                 return value
     return ids.from_position(m.topic(), m.partition(), m.offset())
-

@@ -13,6 +13,8 @@ from ..errors import ConfigError, TopicMismatchError
 from ..kafka import clients
 from ..kafka.topics import check_topics
 from ..pipeline import Pipeline
+from ..watermarks.transport import WatermarkPublisher, WatermarkReader
+from ..watermarks.upstream import WatermarkTable
 from .runner import ComputationRunner
 
 log = logging.getLogger("kwheel.worker")
@@ -57,11 +59,17 @@ class Worker:
         signal.signal(signal.SIGTERM, self.stop)
         signal.signal(signal.SIGINT, self.stop)
         self._wait_for_topics()
-        self.runners = [ComputationRunner(self.pipeline, n, self.cfg) for n in self.names]
+        topic = self.pipeline.watermark_topic()
+        self.table = WatermarkTable()
+        self.reader = WatermarkReader(self.cfg, topic, self.table)
+        self.reader.catch_up(self.cfg.startup_timeout_s)
+        self.publisher = WatermarkPublisher(self.cfg, topic)
+        self.runners = [ComputationRunner(self.pipeline, n, self.cfg, self.table, self.publisher) for n in self.names]
         log.info("worker %s running %s", self.cfg.slot or "(dynamic)", ", ".join(self.names))
         timeout = 0.1 / len(self.runners)
         try:
             while not self._stop:
+                self.reader.poll(0)
                 for r in self.runners:
                     r.step(timeout)
         finally:
@@ -71,4 +79,6 @@ class Worker:
                     r.close()
                 except Exception as e:
                     log.warning("closing %s: %s", r.spec.name, e)
+            self.publisher.flush()
+            self.reader.close()
         log.info("worker %s stopped", self.cfg.slot or "(dynamic)")

@@ -5,7 +5,10 @@ value the store value (``None`` deletes). So restoring a store is replaying the 
 
     s<keytag>          per-key user state (pickled dict)
     i<batch:8>         the record ids first seen in one committed batch (dedup)
+    t<len:2><keytag><tag>   one timer -> its time and domain
+    w                  the task's input low watermark (kept monotonic across restarts)
     d<id>              one seen record id -> its timestamp (derived locally from ``i``)
+    x<domain><time:8><len:2><keytag><tag>   timers ordered by time (derived from ``t``)
     m<name>            store metadata, never changelogged (e.g. the applied offset)
 """
 
@@ -19,6 +22,9 @@ from ..record import Key
 STATE = b"s"
 ID_BATCH = b"i"
 SEEN = b"d"
+TIMER = b"t"
+TIMER_INDEX = b"x"
+WATERMARK = b"w"
 META = b"m"
 APPLIED_OFFSET = META + b"applied"
 NEXT_BATCH = META + b"batch"
@@ -31,7 +37,9 @@ def key_tag(key: Key) -> bytes:
     """Encode a user key so its type (str or bytes) survives a round trip."""
     if isinstance(key, str):
         return b"u" + key.encode()
-    return b"b" + bytes(key)
+    if isinstance(key, (bytes, bytearray, memoryview)):
+        return b"b" + bytes(key)
+    raise TypeError(f"keys must be str or bytes, got {type(key).__name__} {key!r}")
 
 
 def key_from_tag(tag: bytes) -> Key:
@@ -79,3 +87,35 @@ def decode_id_batch(data: bytes) -> list[tuple[bytes, int]]:
         out.append((data[pos : pos + ln], ts))
         pos += ln
     return out
+
+
+# ---- timers ---------------------------------------------------------------------------
+_TIMER_VALUE = struct.Struct(">qc")  # time, domain (b"e" event / b"w" wall)
+_LEN = struct.Struct(">H")
+_BIAS = 2**63  # so negative times sort before positive ones as unsigned bytes
+
+
+def timer_key(keytag: bytes, tag: str) -> bytes:
+    return TIMER + _LEN.pack(len(keytag)) + keytag + tag.encode()
+
+
+def split_timer_key(tkey: bytes) -> tuple[bytes, str]:
+    (n,) = _LEN.unpack_from(tkey, 1)
+    return tkey[3 : 3 + n], tkey[3 + n :].decode()
+
+
+def encode_timer(ts: int, domain: bytes) -> bytes:
+    return _TIMER_VALUE.pack(ts, domain)
+
+
+def decode_timer(value: bytes) -> tuple[int, bytes]:
+    return _TIMER_VALUE.unpack(value)
+
+
+def timer_index_key(tkey: bytes, ts: int, domain: bytes) -> bytes:
+    return TIMER_INDEX + domain + (ts + _BIAS).to_bytes(8, "big") + tkey[1:]
+
+
+def split_timer_index_key(ikey: bytes) -> tuple[int, bytes]:
+    """(time, timer key) of an index entry."""
+    return int.from_bytes(ikey[2:10], "big") - _BIAS, TIMER + ikey[10:]

@@ -44,10 +44,22 @@ class TaskStore:
     def apply(self, changes: Iterable[tuple[bytes, bytes | None]], offset: int, next_batch: int | None = None) -> None:
         """Apply changelog records up to ``offset`` atomically."""
         wb = WriteBatch(raw_mode=True)
+        written: dict[bytes, bytes | None] = {}  # this batch's values, for later deletes in it
+
+        def old_value(k: bytes) -> bytes | None:
+            return written[k] if k in written else self._db.get(k)
+
         for key, value in changes:
-            if key[:1] == layout.ID_BATCH:
+            kind = key[:1]
+            if kind == layout.TIMER:
+                old = old_value(key)
+                if old is not None:
+                    wb.delete(layout.timer_index_key(key, *layout.decode_timer(old)))
+                if value is not None:
+                    wb.put(layout.timer_index_key(key, *layout.decode_timer(value)), b"")
+            elif kind == layout.ID_BATCH:
                 if value is None:
-                    old = self._db.get(key)
+                    old = old_value(key)
                     for rid, _ in layout.decode_id_batch(old or b""):
                         wb.delete(layout.SEEN + rid)
                 else:
@@ -58,6 +70,7 @@ class TaskStore:
                         nb = layout.decode_u64(key[1:]) + 1
                         if nb > self.next_batch:
                             wb.put(layout.NEXT_BATCH, layout.encode_u64(nb))
+            written[key] = value
             if value is None:
                 wb.delete(key)
             else:
@@ -73,6 +86,25 @@ class TaskStore:
             if key[:1] != layout.SEEN:
                 break
             yield key[1:]
+
+    def timers(self, domain: bytes, until: int) -> Iterator[tuple[int, bytes]]:
+        """(time, timer key) of committed timers of a domain with time <= until, in time order."""
+        prefix = layout.TIMER_INDEX + domain
+        for ikey in self._db.keys(from_key=prefix):
+            if ikey[:2] != prefix:
+                break
+            ts, tkey = layout.split_timer_index_key(ikey)
+            if ts > until:
+                break
+            yield ts, tkey
+
+    def count_prefix(self, prefix: bytes) -> int:
+        n = 0
+        for key in self._db.keys(from_key=prefix):
+            if not key.startswith(prefix):
+                break
+            n += 1
+        return n
 
     def has_seen(self, rid: bytes) -> bool:
         return self._db.get(layout.SEEN + rid) is not None

@@ -1,0 +1,56 @@
+"""The watermark control record (Avro, ``schemas/watermark.avsc``) and its codec."""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import fastavro
+
+SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "watermark.avsc"
+_SCHEMA = fastavro.parse_schema(json.loads(SCHEMA_PATH.read_text()))
+
+TASK = "TASK"
+INJECTOR = "INJECTOR"
+
+
+@dataclass
+class Control:
+    producer: str
+    kind: str
+    streams: list[str]
+    watermark: int
+    positions: list[tuple[str, int, int]]  # (topic, partition, end offset)
+    wall_time: int
+    input_watermark: int = 0
+    final: bool = False
+    stats: dict[str, int] = field(default_factory=dict)
+
+    def encode(self) -> bytes:
+        buf = io.BytesIO()
+        fastavro.schemaless_writer(buf, _SCHEMA, {
+            "producer": self.producer, "kind": self.kind, "streams": self.streams, "watermark": self.watermark,
+            "input_watermark": self.input_watermark,
+            "positions": [{"topic": t, "partition": p, "offset": o} for t, p, o in self.positions],
+            "final": self.final, "wall_time": self.wall_time, "stats": self.stats,
+        })
+        return buf.getvalue()
+
+    @classmethod
+    def decode(cls, data: bytes) -> Control:
+        d = fastavro.schemaless_reader(io.BytesIO(data), _SCHEMA)
+        return cls(
+            producer=d["producer"], kind=d["kind"], streams=list(d["streams"]), watermark=d["watermark"],
+            positions=[(p["topic"], p["partition"], p["offset"]) for p in d["positions"]],
+            wall_time=d["wall_time"], input_watermark=d["input_watermark"], final=d["final"], stats=dict(d["stats"]),
+        )
+
+
+def task_producer_id(computation: str, partition: int) -> str:
+    return f"task:{computation}/{partition}"
+
+
+def injector_producer_id(name: str, instance: str) -> str:
+    return f"injector:{name}/{instance}"
