@@ -94,6 +94,23 @@ def topics_check(pipeline: str = typer.Argument(..., help=PIPELINE_HELP), bootst
     typer.echo(f"all {len(p.topics())} topics of pipeline {p.name!r} are in place")
 
 
+@app.command()
+def status(
+    pipeline: str = typer.Argument(..., help=PIPELINE_HELP),
+    bootstrap_servers: Optional[str] = Bootstrap,
+    as_json: bool = typer.Option(False, "--json", help="Print JSON for machines instead of a table"),
+) -> None:
+    """Per computation and task: consumer lag, low watermark and its lag behind the clock,
+    records/s, records processed, dedup drops, late records, pending timers."""
+    import json
+
+    from .status import collect, render
+
+    p = load_pipeline(pipeline)
+    st = collect(p, WorkerConfig.from_env(bootstrap_servers=bootstrap_servers))
+    typer.echo(json.dumps(st, indent=2) if as_json else render(st))
+
+
 def main() -> None:
     """Entry point: KwheelErrors become one line on stderr and exit code 1."""
     try:

@@ -23,6 +23,8 @@ class WorkerConfig:
     commit_interval_ms: int = 100
     transaction_timeout_ms: int = 60000
     session_timeout_ms: int = 10000
+    # Seen record ids are forgotten once the input watermark passes their time plus this.
+    dedup_horizon_ms: int = 3_600_000
     # How long to keep retrying an unreachable broker or missing topics before giving up.
     startup_timeout_s: float = 30.0
     # Extra librdkafka settings passed to every client (security.protocol, sasl.*, ...).
@@ -30,11 +32,12 @@ class WorkerConfig:
 
     def __post_init__(self) -> None:
         self.state_dir = Path(self.state_dir)
-        for name in ("batch_size", "commit_interval_ms", "transaction_timeout_ms", "session_timeout_ms"):
+        for name in ("batch_size", "commit_interval_ms", "transaction_timeout_ms", "session_timeout_ms", "dedup_horizon_ms"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ConfigError(f"config {name}: must be a positive integer, got {v!r}")
-        if not isinstance(self.startup_timeout_s, (int, float)) or self.startup_timeout_s <= 0:
+        t = self.startup_timeout_s
+        if not isinstance(t, (int, float)) or isinstance(t, bool) or not 0 < t < float("inf"):
             raise ConfigError(f"config startup_timeout_s: must be a positive number, got {self.startup_timeout_s!r}")
         if not self.bootstrap_servers or not all(":" in b for b in self.bootstrap_servers.split(",")):
             raise ConfigError(f"config bootstrap_servers: expected host:port[,host:port], got {self.bootstrap_servers!r}")

@@ -20,7 +20,7 @@ def load_pipeline(ref: str) -> Pipeline:
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as e:
-        if e.name and module_name.startswith(e.name):
+        if e.name and (module_name == e.name or module_name.startswith(e.name + ".")):
             raise LoadError(f"cannot import pipeline module {module_name!r}: no module named {e.name!r}") from None
         raise LoadError(f"pipeline module {module_name!r} failed to import: {type(e).__name__}: {e}") from None
     except KwheelError as e:
@@ -32,7 +32,12 @@ def load_pipeline(ref: str) -> Pipeline:
     except AttributeError:
         raise LoadError(f"module {module_name!r} has no attribute {attr!r}") from None
     if callable(obj) and not isinstance(obj, Pipeline):
-        obj = obj()
+        try:
+            obj = obj()
+        except KwheelError as e:
+            raise LoadError(f"{ref}: {e}") from None
+        except Exception as e:
+            raise LoadError(f"pipeline factory {ref} failed: {type(e).__name__}: {e}") from None
     if not isinstance(obj, Pipeline):
         raise LoadError(f"{ref} is a {type(obj).__name__}, not a kwheel Pipeline")
     return obj.validate()

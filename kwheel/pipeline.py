@@ -89,7 +89,7 @@ class Pipeline:
         """Declare a stream. ``source=True`` marks one that is fed from outside the pipeline."""
         if name in self.streams:
             raise PipelineError(f"pipeline {self.name!r}: stream {name!r} declared twice")
-        if not isinstance(partitions, int) or partitions < 1:
+        if not _positive_int(partitions):
             raise PipelineError(f"stream {name!r}: partitions must be a positive integer, got {partitions!r}")
         try:
             s = Stream(name, topic or f"{self.name}.{name}", partitions, serdes.resolve(key), serdes.resolve(value), source)
@@ -110,6 +110,8 @@ class Pipeline:
         """Add a computation. ``computation`` is a Computation subclass or a zero-argument factory."""
         if name in self.computations:
             raise PipelineError(f"pipeline {self.name!r}: computation {name!r} declared twice")
+        if partitions is not None and not _positive_int(partitions):
+            raise PipelineError(f"computation {name!r}: partitions must be a positive integer, got {partitions!r}")
         ins = [i if isinstance(i, Input) else Input(i) for i in inputs]
         spec = ComputationSpec(name, computation, ins, list(outputs), dead_letter, partitions or 0)
         self.computations[name] = spec
@@ -216,3 +218,7 @@ class Pipeline:
                 if ti.repartitioned:
                     need[ti.topic] = (c.partitions, {})
         return need
+
+
+def _positive_int(n: object) -> bool:
+    return isinstance(n, int) and not isinstance(n, bool) and n >= 1

@@ -90,6 +90,8 @@ class AvroSerde:
     def encode(self, obj: object) -> bytes:
         buf = io.BytesIO()
         try:
+            # the writer alone coerces some mismatches (1.5 into a long): validate first
+            fastavro.validate(obj, self.schema, raise_errors=True)
             fastavro.schemaless_writer(buf, self.schema, obj)
         except Exception as e:
             raise SerdeError(f"value does not match Avro schema {self.path.name}: {e}") from None

@@ -109,7 +109,7 @@ class ComputationRunner:
         for p, ms in by_task.items():
             task = self.tasks.get(p)
             if task is None:
-                continue  # fenced or not (yet) ours: the group will reassign it
+                continue  # revoked inside this consume(): the new owner starts from the committed offset
             try:
                 task.process(ms)
             except Exception:
@@ -178,13 +178,15 @@ class ComputationRunner:
         log.warning("%s: consumer: %s", self.spec.name, err.str())
 
     def commit(self) -> None:
-        """Commit every task's open batch (a fenced task is dropped, the others go on)."""
+        """Commit every task's open batch. A fenced task ends the worker (FencedError):
+        another process owns it now, and a restart rejoins the group cleanly."""
         for p, task in list(self.tasks.items()):
             try:
                 task.commit()
-            except FencedError as e:
-                log.error("%s", e)
-                self._drop(p)
+            except FencedError:
+                del self.tasks[p]
+                task.close()
+                raise
         self._last_commit = time.monotonic()
 
     def _abort_task(self, task: Task) -> None:
@@ -192,16 +194,6 @@ class ComputationRunner:
             task.abort()
         except Exception as e:
             log.warning("%s: abort failed: %s", task.name, e)
-
-    def _drop(self, p: int) -> None:
-        """Stop processing a partition another worker owns now (a zombie's fate)."""
-        task = self.tasks.pop(p, None)
-        if task is not None:
-            task.close()
-        try:
-            self.consumer.pause([TopicPartition(t, p) for t in self.topics])
-        except KafkaException:
-            pass
 
     def close(self, commit: bool = True) -> None:
         """Commit (unless failing), then leave the group (revoke closes the tasks)."""

@@ -24,7 +24,7 @@ from rbloom import Bloom
 
 from .. import ids
 from ..config import WorkerConfig
-from ..errors import FencedError, RecordError
+from ..errors import BrokerError, FencedError, RecordError
 from ..kafka import clients
 from ..kafka.writer import ID_HEADER, StreamWriter, send
 from ..pipeline import ComputationSpec, Pipeline, TaskInput
@@ -43,6 +43,7 @@ ERROR_HEADER = "kwheel.error"
 SOURCE_HEADER = "kwheel.source"
 MAX_CACHED_KEYS = 200_000
 MAX_FIRES_PER_TICK = 100_000
+MAX_ID_BYTES = 64  # longer foreign ids are hashed down
 _WATERMARK_VALUE = struct.Struct(">qq")  # input watermark, timer fire sequence
 _DOMAIN_NAMES = {EVENT: "event", WALL: "wall"}
 
@@ -95,9 +96,11 @@ class Task:
         self.output_watermark = MIN_WATERMARK
         self._fire_seq = 0
         self._watermark_dirty = False
-        # in-memory state in front of RocksDB: committed values, and this batch's changes
-        self._clean: dict[bytes, dict] = {}
-        self._dirty: dict[bytes, dict] = {}
+        # Encoded state in front of RocksDB: committed values, and this batch's changes.
+        # Each call decodes its own copy, so nothing user code keeps or mutates in place
+        # can leak into another call, a replay, or the store.
+        self._clean: dict[bytes, bytes | None] = {}
+        self._dirty: dict[bytes, bytes | None] = {}
         self._pending_ids: dict[bytes, int] = {}
         self._bloom = Bloom(100_000, 0.01)
         self._in_txn = False
@@ -105,6 +108,7 @@ class Task:
         self._txn_first: dict[str, int] = {}  # topic -> first offset of the open transaction
         self._txn_next: dict[str, int] = {}  # topic -> offset after the last one handled
         self._next_batch = 0
+        self._id_batches: list[tuple[int, int]] = []  # (batch, newest id timestamp): for GC
 
     # ---- lifecycle ---------------------------------------------------------------------
     def open(self) -> None:
@@ -118,6 +122,7 @@ class Task:
         if n:
             log.info("%s: restored %d changelog records in %.2fs", self.name, n, time.monotonic() - started)
         self._next_batch = self.store.next_batch
+        self._id_batches = list(self.store.id_batches())
         raw = self.store.get(layout.WATERMARK)
         if raw is not None:
             self.input_watermark, self._fire_seq = _WATERMARK_VALUE.unpack(raw)
@@ -188,6 +193,7 @@ class Task:
             except Exception as e:  # user code and decoding: the error policy decides
                 where = f"{topic}[{m.partition()}]@{offset}"
                 self._failed(f"failed on key {key!r} at {where}", e, m.key(), m.value(), m.timestamp()[1], rid, where)
+                pending_ids[rid] = m.timestamp()[1]  # dead-lettered: a re-sent copy is a duplicate
                 continue
             self._succeeded(tag, state)
             pending_ids[rid] = ts
@@ -200,7 +206,8 @@ class Task:
         """Make one call's effects part of the batch (they were held back until it returned)."""
         ctx = self.ctx
         if state.changed:
-            self._dirty[tag] = state.snapshot()
+            d = state.snapshot()
+            self._dirty[tag] = layout.encode_state(d) if d else None
         if ctx.timer_ops:
             for tkey, value in ctx.timer_ops:
                 self.timers.apply(tkey, value)
@@ -208,18 +215,17 @@ class Task:
             send(self.producer, ctx.outputs)
 
     def _load(self, tag: bytes) -> dict:
-        d = self._dirty.get(tag)
-        if d is not None:
-            return d
-        d = self._clean.get(tag)
-        if d is not None:
-            return d
-        raw = self.store.get(layout.STATE + tag)
-        d = layout.decode_state(raw) if raw is not None else {}
-        if len(self._clean) >= MAX_CACHED_KEYS:
-            self._clean.clear()
-        self._clean[tag] = d
-        return d
+        """A fresh copy of the key's state: this batch's, else the committed one."""
+        if tag in self._dirty:
+            raw = self._dirty[tag]
+        elif tag in self._clean:
+            raw = self._clean[tag]
+        else:
+            raw = self.store.get(layout.STATE + tag)
+            if len(self._clean) >= MAX_CACHED_KEYS:
+                self._clean.clear()
+            self._clean[tag] = raw
+        return layout.decode_state(raw) if raw is not None else {}
 
     def _failed(self, what: str, e: Exception, key: bytes | None, value: bytes | None, ts: int, rid: bytes, where: str) -> None:
         msg = f"computation {self.spec.name!r} {what}: {type(e).__name__}: {e}"
@@ -288,14 +294,18 @@ class Task:
         if not self._in_txn and not self._watermark_dirty:
             return
         self._begin()
-        changes: list[tuple[bytes, bytes | None]] = [
-            (layout.STATE + tag, layout.encode_state(d) if d else None) for tag, d in self._dirty.items()
-        ]
+        changes: list[tuple[bytes, bytes | None]] = [(layout.STATE + tag, v) for tag, v in self._dirty.items()]
         changes.extend(self.timers.changes.items())
         next_batch = self._next_batch
+        new_batch = None
         if self._pending_ids:
             changes.append((layout.id_batch_key(next_batch), layout.encode_id_batch(self._pending_ids)))
+            new_batch = (next_batch, max(self._pending_ids.values()))
             next_batch += 1
+        # forget seen ids the watermark has left far behind: a copy now would be very late
+        horizon = self.input_watermark - self.cfg.dedup_horizon_ms
+        expired = [b for b, ts in self._id_batches if ts < horizon]
+        changes.extend((layout.id_batch_key(b), None) for b in expired)
         if self._watermark_dirty:
             changes.append((layout.WATERMARK, _WATERMARK_VALUE.pack(self.input_watermark, self._fire_seq)))
         last_offset = [-1]
@@ -316,10 +326,7 @@ class Task:
                 except BufferError:
                     p.poll(0.05)
         try:
-            if self._txn_next:
-                offsets = [TopicPartition(t, self.partition, o) for t, o in self._txn_next.items()]
-                p.send_offsets_to_transaction(offsets, self.consumer.consumer_group_metadata(), self.cfg.transaction_timeout_ms / 1000)
-            p.commit_transaction(self.cfg.transaction_timeout_ms / 1000)
+            self._finish(p)
         except KafkaException as e:
             self._commit_failed(e)
             return
@@ -330,20 +337,47 @@ class Task:
                 raise FencedError(f"{self.name}: committed but the changelog offset never came back")
             self.store.apply(changes, last_offset[0], next_batch)
         self._next_batch = next_batch
-        for tag, d in self._dirty.items():
-            self._clean[tag] = d
+        if expired:
+            gone = set(expired)
+            self._id_batches = [e for e in self._id_batches if e[0] not in gone]
+        if new_batch is not None:
+            self._id_batches.append(new_batch)
+        self._clean.update(self._dirty)
         self.timers.committed()
         self._watermark_dirty = False
         self.counters.commits += 1
         self._end_txn()
 
+    def _finish(self, p: Producer) -> None:
+        """Send the offsets and commit; retry what librdkafka calls retriable (a broker
+        stall, a coordinator move) until the transaction timeout."""
+        timeout = self.cfg.transaction_timeout_ms / 1000
+        deadline = time.monotonic() + timeout
+        offsets_sent = not self._txn_next
+        while True:
+            try:
+                if not offsets_sent:
+                    offsets = [TopicPartition(t, self.partition, o) for t, o in self._txn_next.items()]
+                    p.send_offsets_to_transaction(offsets, self.consumer.consumer_group_metadata(), timeout)
+                    offsets_sent = True
+                p.commit_transaction(timeout)
+                return
+            except KafkaException as e:
+                err = e.args[0]
+                if not err.retriable() or time.monotonic() >= deadline:
+                    raise
+                log.warning("%s: commit not done yet (%s): retrying", self.name, err.str())
+
     def _commit_failed(self, e: KafkaException) -> None:
         err = e.args[0]
-        if err.fatal() or err.code() in (KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH):
-            self._discard()
+        if err.txn_requires_abort():
+            log.warning("%s: transaction failed (%s): aborting and replaying the batch", self.name, err.str())
+            self.abort()
+            return
+        self._discard()
+        if err.code() in (KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH):
             raise FencedError(f"task {self.name} was fenced: another worker owns it now ({err.str()})") from None
-        log.warning("%s: transaction failed (%s): aborting and replaying the batch", self.name, err.str())
-        self.abort()
+        raise BrokerError(f"task {self.name} cannot commit: {err.str()}") from None
 
     def abort(self) -> None:
         """Abort the open transaction and rewind the consumer to replay its records."""
@@ -362,8 +396,9 @@ class Task:
         for tp in rewind:
             try:
                 self.consumer.seek(tp)
-            except KafkaException as e:
-                log.warning("%s: cannot rewind %s: %s", self.name, tp, e)
+            except KafkaException as e:  # going on would skip the aborted records
+                raise BrokerError(f"task {self.name}: cannot rewind {tp.topic}[{tp.partition}] to {tp.offset} "
+                                  f"after an abort: {e}") from None
 
     def _discard(self) -> None:
         """Forget the batch: state, timers and the fire sequence go back to the store's."""
@@ -391,9 +426,10 @@ class Task:
 
 
 def _record_id(m: Message) -> bytes:
+    """The record's id header, else an id derived from its log position."""
     headers = m.headers()
     if headers:
         for name, value in headers:
-            if name == ID_HEADER:
-                return value
+            if name == ID_HEADER and value:
+                return value if len(value) <= MAX_ID_BYTES else blake2b(value, digest_size=ids.ID_BYTES).digest()
     return ids.from_position(m.topic(), m.partition(), m.offset())

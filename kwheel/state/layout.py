@@ -27,6 +27,7 @@ TIMER_INDEX = b"x"
 WATERMARK = b"w"
 META = b"m"
 APPLIED_OFFSET = META + b"applied"
+APPLIED_AT = META + b"applied_at"
 NEXT_BATCH = META + b"batch"
 
 _U64 = struct.Struct(">q")

@@ -13,6 +13,9 @@ from .store import TaskStore
 log = logging.getLogger("kwheel.restore")
 
 CHUNK = 20000
+# Compacted topics drop tombstones after delete.retention.ms (default 24 h): a store last
+# applied longer ago than that could miss a delete, so it is rebuilt from scratch.
+STALE_AFTER_MS = 20 * 3600 * 1000
 
 
 def restore(store: TaskStore, reader_conf: dict, topic: str, partition: int, timeout_s: float = 30.0) -> int:
@@ -25,6 +28,11 @@ def restore(store: TaskStore, reader_conf: dict, topic: str, partition: int, tim
     try:
         low, high = reader.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout_s)
         start = store.applied_offset + 1
+        if store.applied_offset >= 0 and time.time() * 1000 - store.applied_at_ms > STALE_AFTER_MS:
+            log.warning("local store of %s[%d] was last updated over %d h ago: rebuilding it from scratch",
+                        topic, partition, STALE_AFTER_MS // 3_600_000)
+            store.wipe()
+            start = 0
         if start > high or (start < low and store.applied_offset >= 0):
             log.warning(
                 "changelog %s[%d] spans offsets %d..%d but the local store is at %d: rebuilding it from scratch",

@@ -7,7 +7,10 @@ to a prefix of the changelog and restore resumes from ``applied_offset + 1``.
 
 from __future__ import annotations
 
+import logging
+import os
 import shutil
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -15,12 +18,19 @@ from rocksdict import Options, Rdict, WriteBatch
 
 from . import layout
 
+log = logging.getLogger("kwheel.store")
+
 
 class TaskStore:
     def __init__(self, path: Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = self._open()
+        try:
+            self._db = self._open()
+        except Exception as e:  # a store damaged by a crash: the changelog rebuilds it
+            log.warning("state store %s cannot be opened (%s): rebuilding it from the changelog", self.path, e)
+            self._remove()
+            self._db = self._open()
 
     def _open(self) -> Rdict:
         opts = Options(raw_mode=True)
@@ -32,6 +42,12 @@ class TaskStore:
         """Offset of the last changelog record applied, -1 when none."""
         raw = self._db.get(layout.APPLIED_OFFSET)
         return -1 if raw is None else layout.decode_u64(raw)
+
+    @property
+    def applied_at_ms(self) -> int:
+        """Wall time of the last apply (0 when never): how stale the store may be."""
+        raw = self._db.get(layout.APPLIED_AT)
+        return 0 if raw is None else layout.decode_u64(raw)
 
     @property
     def next_batch(self) -> int:
@@ -78,7 +94,16 @@ class TaskStore:
         if next_batch is not None:
             wb.put(layout.NEXT_BATCH, layout.encode_u64(next_batch))
         wb.put(layout.APPLIED_OFFSET, layout.encode_u64(offset))
+        wb.put(layout.APPLIED_AT, layout.encode_u64(int(time.time() * 1000)))
         self._db.write(wb)
+
+    def id_batches(self) -> Iterator[tuple[int, int]]:
+        """(batch number, newest timestamp in it) of every id batch still kept."""
+        for key, value in self._db.items(from_key=layout.ID_BATCH):
+            if key[:1] != layout.ID_BATCH:
+                break
+            ts = [t for _, t in layout.decode_id_batch(value)]
+            yield layout.decode_u64(key[1:]), max(ts, default=0)
 
     def seen_ids(self) -> Iterator[bytes]:
         """Every record id the store has seen (to rebuild the Bloom filter)."""
@@ -112,9 +137,15 @@ class TaskStore:
     def wipe(self) -> None:
         """Drop every local byte (the changelog is the source of truth)."""
         self._db.close()
-        Rdict.destroy(str(self.path))
-        shutil.rmtree(self.path, ignore_errors=True)
+        self._remove()
         self._db = self._open()
+
+    def _remove(self) -> None:
+        # rename first: a crash mid-delete must not leave a half store under the real name
+        if self.path.exists():
+            doomed = self.path.with_name(f"{self.path.name}.deleting-{os.getpid()}-{time.monotonic_ns()}")
+            os.replace(self.path, doomed)
+            shutil.rmtree(doomed, ignore_errors=True)
 
     def close(self) -> None:
         self._db.close()

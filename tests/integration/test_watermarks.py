@@ -210,3 +210,68 @@ def test_wall_time_timers_fire_soon_after_their_time(kafka, name, workers):
     for x in pings:
         assert x["domain"] == "wall"
         assert 0 <= x["fired_at"] - x["due"] <= 2000, x
+
+
+def _status(kafka, name, *extra):
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    env = dict(os.environ, PYTHONPATH=str(ROOT), KWHEEL_TEST_PIPELINE=name)
+    r = subprocess.run([sys.executable, "-m", "kwheel", "status", REF, "-b", kafka.bootstrap, *extra],
+                       capture_output=True, text=True, env=env, timeout=60)
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+def test_status_shows_lag_watermarks_and_counters(kafka, name, workers):
+    p = three_stage(name)
+    setup_topics(kafka.bootstrap, p)
+    t0 = (int(time.time() * 1000) // 1000 - 60) * 1000
+    inj = Injector(p, "source", ["events"], WorkerConfig(bootstrap_servers=kafka.bootstrap), instance="i0")
+    for i in range(500):
+        inj.send("events", f"k{i % 9}", {"seq": i}, timestamp=t0 + i * 10)
+    inj.advance(t0 + 5000)
+    inj.publish()
+    before = json.loads(_status(kafka, name, "--json"))
+    tagger = next(c for c in before["computations"] if c["name"] == "tagger")
+    assert tagger["lag"] == 500 and tagger["low_watermark"] is None and tagger["processed"] == 0
+    assert before["injectors"][0]["low_watermark"] == t0 + 5000
+    w = workers(REF, name, slot="s0")
+    inj.close(final=True)
+    wait_until(lambda: latest_watermark(kafka.bootstrap, name, "task:counter/") == MAX_WATERMARK, 30, "end of input")
+    after = json.loads(_status(kafka, name, "--json"))
+    by_name = {c["name"]: c for c in after["computations"]}
+    assert by_name["tagger"]["lag"] == 0 and by_name["counter"]["lag"] == 0
+    assert by_name["tagger"]["processed"] == 500 and by_name["counter"]["processed"] == 500
+    assert by_name["counter"]["low_watermark"] == "end"
+    assert by_name["counter"]["pending_timers"] == 0 and by_name["counter"]["timers_fired"] > 0
+    assert after["injectors"][0]["final"] is True
+    table = _status(kafka, name)
+    assert "tagger" in table and "counter" in table and "injector:source/i0" in table
+    assert w.stop() == 0
+
+
+def test_seen_ids_are_forgotten_once_the_watermark_passes_the_horizon(kafka, name, workers):
+    p = three_stage(name)
+    setup_topics(kafka.bootstrap, p)
+    w = workers(REF, name, slot="s0", env={"KWHEEL_DEDUP_HORIZON_MS": "5000"})
+    t0 = (int(time.time() * 1000) // 1000 - 60) * 1000
+    inj = Injector(p, "source", ["events"], WorkerConfig(bootstrap_servers=kafka.bootstrap), instance="i0")
+    rid = inj.send("events", "k", {"seq": 1}, timestamp=t0)
+    inj.advance(t0 + 1000)
+    inj.publish()
+    wait_until(lambda: latest_watermark(kafka.bootstrap, name, "task:tagger/") >= t0 + 1000, 30, "watermark t0+1s")
+    inj.send("events", "k", {"seq": 1}, timestamp=t0, id=rid)  # within the horizon: a duplicate
+    inj.advance(t0 + 10_000)
+    inj.publish()
+    wait_until(lambda: latest_watermark(kafka.bootstrap, name, "task:tagger/") >= t0 + 10_000, 30, "watermark t0+10s")
+    inj.send("events", "k", {"seq": 1}, timestamp=t0, id=rid)  # past the horizon: forgotten, so late
+    inj.close(final=True)
+    wait_until(lambda: latest_watermark(kafka.bootstrap, name, "task:counter/") == MAX_WATERMARK, 30, "end of input")
+    assert w.stop() == 0
+    mid = [json.loads(r.value) for r in read_committed(kafka.bootstrap, f"{name}.mid")]
+    assert [(m["seq"], m["late"]) for m in mid] == [(1, False), (1, True)]
+    assert worker_stats(w.log(), "tagger")["duplicates"] == 1
