@@ -27,6 +27,8 @@ class BoundedDisorder:
     watermark trails the largest timestamp seen by that much."""
 
     def __init__(self, bound_ms: int):
+        if not isinstance(bound_ms, int) or bound_ms < 0:
+            raise ValueError(f"BoundedDisorder: bound_ms must be a non-negative integer, got {bound_ms!r}")
         self.bound_ms = bound_ms
         self.max_seen = MIN_WATERMARK
 

@@ -129,4 +129,6 @@ class TaskContext:
 
     def delete_timer(self, tag: str) -> None:
         """Cancel this key's timer ``tag`` if set."""
+        if not isinstance(tag, str):
+            raise TypeError(f"timer tag must be str, got {type(tag).__name__}")
         self.timer_ops.append((timer_key(self._keytag, tag), None))

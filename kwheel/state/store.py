@@ -65,6 +65,7 @@ class TaskStore:
         def old_value(k: bytes) -> bytes | None:
             return written[k] if k in written else self._db.get(k)
 
+        restored_batch = self.next_batch if next_batch is None else 0
         for key, value in changes:
             kind = key[:1]
             if kind == layout.TIMER:
@@ -83,16 +84,13 @@ class TaskStore:
                         wb.put(layout.SEEN + rid, layout.encode_u64(ts))
                     if next_batch is None:
                         # restoring: keep batch numbers ahead of every batch seen
-                        nb = layout.decode_u64(key[1:]) + 1
-                        if nb > self.next_batch:
-                            wb.put(layout.NEXT_BATCH, layout.encode_u64(nb))
+                        restored_batch = max(restored_batch, layout.decode_u64(key[1:]) + 1)
             written[key] = value
             if value is None:
                 wb.delete(key)
             else:
                 wb.put(key, value)
-        if next_batch is not None:
-            wb.put(layout.NEXT_BATCH, layout.encode_u64(next_batch))
+        wb.put(layout.NEXT_BATCH, layout.encode_u64(restored_batch if next_batch is None else next_batch))
         wb.put(layout.APPLIED_OFFSET, layout.encode_u64(offset))
         wb.put(layout.APPLIED_AT, layout.encode_u64(int(time.time() * 1000)))
         self._db.write(wb)

@@ -44,14 +44,16 @@ def test_startup_timeout_accepts_int_and_float():
     assert WorkerConfig(startup_timeout_s=0.5).startup_timeout_s == 0.5
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="config.py:37: `startup_timeout_s <= 0` is False for NaN, so "
-    "KWHEEL_STARTUP_TIMEOUT_S=nan passes validation",
-)
+# regression: `<= 0` is False for NaN (config.py)
 def test_startup_timeout_nan_is_rejected():
     with pytest.raises(ConfigError, match=r"startup_timeout_s"):
         WorkerConfig.from_env({"KWHEEL_STARTUP_TIMEOUT_S": "nan"})
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), True, 0, -1.0])
+def test_startup_timeout_must_be_a_finite_positive_number(bad):
+    with pytest.raises(ConfigError, match=r"config startup_timeout_s: must be a positive number"):
+        WorkerConfig(startup_timeout_s=bad)
 
 
 @pytest.mark.parametrize("bad", ["", "localhost", "a:1,b", "a:1,"])

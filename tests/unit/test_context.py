@@ -9,7 +9,8 @@ from kwheel.errors import PipelineError, SerdeError
 from kwheel.ids import derive
 from kwheel.kafka.writer import StreamWriter
 from kwheel.runtime.context import KeyState, TaskContext
-from kwheel.state.layout import key_tag
+from kwheel.state.layout import decode_timer, encode_timer, key_tag, split_timer_key, timer_key
+from kwheel.watermarks import MIN_WATERMARK
 
 # ---- KeyState --------------------------------------------------------------------------------
 
@@ -151,7 +152,7 @@ PARENT = b"\x11" * 16
 
 
 def run(ctx: TaskContext, parent: bytes) -> list:
-    ctx.begin("user-1", KeyState({}), parent, 1000)
+    ctx.begin("user-1", key_tag("user-1"), KeyState({}), parent, 1000)
     ctx.produce("raw", b"k", b"v1")
     ctx.produce("raw", b"k", b"v2")
     ctx.produce("raw", b"k", b"v3")
@@ -178,7 +179,7 @@ def test_different_parent_gives_different_ids(ctx):
 
 def test_begin_resets_outputs_and_counter(ctx):
     run(ctx, PARENT)
-    ctx.begin("user-2", KeyState({}), PARENT, 5)
+    ctx.begin("user-2", key_tag("user-2"), KeyState({}), PARENT, 5)
     assert ctx.outputs == []
     assert ctx.key == "user-2"
     ctx.produce("raw", b"k", b"v")
@@ -186,20 +187,20 @@ def test_begin_resets_outputs_and_counter(ctx):
 
 
 def test_produce_encodes_with_stream_serdes_and_default_timestamp(ctx):
-    ctx.begin("u", KeyState({}), PARENT, 1234)
+    ctx.begin("u", key_tag("u"), KeyState({}), PARENT, 1234)
     ctx.produce("raw", b"key", b"\x00value")
     assert ctx.outputs == [("p.raw", b"key", b"\x00value", 1234, derive(PARENT, 0))]
 
 
 def test_produce_explicit_timestamp_wins(ctx):
-    ctx.begin("u", KeyState({}), PARENT, 1234)
+    ctx.begin("u", key_tag("u"), KeyState({}), PARENT, 1234)
     ctx.produce("raw", b"k", b"v", timestamp=99.0)
     assert ctx.outputs[0][3] == 99
     assert isinstance(ctx.outputs[0][3], int)
 
 
 def test_produce_to_rekeyed_stream_also_writes_repartition_topic(ctx):
-    ctx.begin("u", KeyState({}), PARENT, 7)
+    ctx.begin("u", key_tag("u"), KeyState({}), PARENT, 7)
     ctx.produce("counts", "user-1", {"country": "fr", "count": 1})
     rid = derive(PARENT, 0)
     value = b'{"country":"fr","count":1}'
@@ -210,26 +211,128 @@ def test_produce_to_rekeyed_stream_also_writes_repartition_topic(ctx):
 
 
 def test_produce_to_stream_that_is_not_an_output_is_rejected(ctx):
-    ctx.begin("u", KeyState({}), PARENT, 0)
+    ctx.begin("u", key_tag("u"), KeyState({}), PARENT, 0)
     with pytest.raises(PipelineError, match=r"cannot produce to 'events': not an output of this computation"):
         ctx.produce("events", "k", {})
     assert ctx.outputs == []
 
 
 def test_produce_with_bad_key_names_the_stream(ctx):
-    ctx.begin("u", KeyState({}), PARENT, 0)
+    ctx.begin("u", key_tag("u"), KeyState({}), PARENT, 0)
     with pytest.raises(SerdeError, match=r"key for stream 'raw': bytes serde needs bytes, got str"):
         ctx.produce("raw", "not-bytes", b"v")
 
 
 def test_produce_with_bad_value_names_the_stream(ctx):
-    ctx.begin("u", KeyState({}), PARENT, 0)
+    ctx.begin("u", key_tag("u"), KeyState({}), PARENT, 0)
     with pytest.raises(SerdeError, match=r"value for stream 'counts': value is not JSON-serialisable"):
         ctx.produce("counts", "k", {"s": {1}})
 
 
-def test_timers_are_not_implemented_yet(ctx):
-    with pytest.raises(NotImplementedError):
-        ctx.set_timer("t", 1)
-    with pytest.raises(NotImplementedError):
-        ctx.delete_timer("t")
+# ---- TaskContext timers -----------------------------------------------------------------------
+
+
+def test_set_timer_defaults_to_the_event_domain(ctx):
+    ctx.begin("u", key_tag("u"), KeyState({}), PARENT, 0)
+    ctx.set_timer("window", 5000)
+    assert ctx.timer_ops == [(timer_key(key_tag("u"), "window"), encode_timer(5000, b"e"))]
+    assert decode_timer(ctx.timer_ops[0][1]) == (5000, b"e")
+
+
+def test_set_timer_in_the_wall_domain(ctx):
+    ctx.begin("u", key_tag("u"), KeyState({}), PARENT, 0)
+    ctx.set_timer("t", 1700000000000, domain="wall")
+    ctx.set_timer("e", 7, domain="event")
+    assert ctx.timer_ops == [
+        (timer_key(key_tag("u"), "t"), encode_timer(1700000000000, b"w")),
+        (timer_key(key_tag("u"), "e"), encode_timer(7, b"e")),
+    ]
+
+
+def test_set_timer_truncates_a_float_time_to_int(ctx):
+    ctx.begin("u", key_tag("u"), KeyState({}), PARENT, 0)
+    ctx.set_timer("t", 99.9)
+    assert decode_timer(ctx.timer_ops[0][1]) == (99, b"e")
+
+
+def test_set_timer_accepts_negative_times(ctx):
+    ctx.begin("u", key_tag("u"), KeyState({}), PARENT, 0)
+    ctx.set_timer("t", -5)
+    assert decode_timer(ctx.timer_ops[0][1]) == (-5, b"e")
+
+
+def test_delete_timer_appends_a_tombstone(ctx):
+    ctx.begin("u", key_tag("u"), KeyState({}), PARENT, 0)
+    ctx.delete_timer("window")
+    assert ctx.timer_ops == [(timer_key(key_tag("u"), "window"), None)]
+
+
+def test_timer_ops_keep_call_order_including_repeats(ctx):
+    ctx.begin("u", key_tag("u"), KeyState({}), PARENT, 0)
+    ctx.set_timer("t", 1)
+    ctx.set_timer("t", 2)
+    ctx.delete_timer("t")
+    ctx.set_timer("t", 3, domain="wall")
+    tk = timer_key(key_tag("u"), "t")
+    assert ctx.timer_ops == [
+        (tk, encode_timer(1, b"e")),
+        (tk, encode_timer(2, b"e")),
+        (tk, None),
+        (tk, encode_timer(3, b"w")),
+    ]
+
+
+@pytest.mark.parametrize("domain", ["processing", "EVENT", "", None, b"e"])
+def test_set_timer_with_a_bad_domain_raises_and_records_nothing(ctx, domain):
+    ctx.begin("u", key_tag("u"), KeyState({}), PARENT, 0)
+    with pytest.raises(ValueError, match=r"timer domain must be 'event' or 'wall'"):
+        ctx.set_timer("t", 1, domain=domain)
+    assert ctx.timer_ops == []
+
+
+def test_set_timer_with_a_non_str_tag_raises_type_error(ctx):
+    ctx.begin("u", key_tag("u"), KeyState({}), PARENT, 0)
+    with pytest.raises(TypeError, match=r"timer tag must be str, got int"):
+        ctx.set_timer(3, 1)
+    assert ctx.timer_ops == []
+
+
+@pytest.mark.parametrize("tag", [b"t", 3])
+def test_delete_timer_with_a_non_str_tag_raises_type_error(ctx, tag):
+    ctx.begin("u", key_tag("u"), KeyState({}), PARENT, 0)
+    with pytest.raises(TypeError, match=r"timer tag must be str"):
+        ctx.delete_timer(tag)
+
+
+def test_timer_key_names_the_current_key_and_its_type(ctx):
+    ctx.begin(b"k", key_tag(b"k"), KeyState({}), PARENT, 0)
+    ctx.set_timer("t", 1)
+    [(bytes_tkey, _)] = ctx.timer_ops
+    ctx.begin("k", key_tag("k"), KeyState({}), PARENT, 0)
+    ctx.set_timer("t", 1)
+    [(str_tkey, _)] = ctx.timer_ops
+    assert split_timer_key(bytes_tkey) == (key_tag(b"k"), "t")
+    assert split_timer_key(str_tkey) == (key_tag("k"), "t")
+    assert bytes_tkey != str_tkey
+
+
+def test_begin_resets_timer_ops(ctx):
+    ctx.begin("u", key_tag("u"), KeyState({}), PARENT, 0)
+    ctx.set_timer("t", 1)
+    ops = ctx.timer_ops
+    ctx.begin("v", key_tag("v"), KeyState({}), PARENT, 0)
+    assert ctx.timer_ops == []
+    assert ops == [(timer_key(key_tag("u"), "t"), encode_timer(1, b"e"))]  # the old list is not cleared
+
+
+def test_timers_do_not_consume_output_ids_or_produce_outputs(ctx):
+    ctx.begin("u", key_tag("u"), KeyState({}), PARENT, 0)
+    ctx.set_timer("t", 1)
+    ctx.delete_timer("t")
+    assert ctx.outputs == []
+    ctx.produce("raw", b"k", b"v")
+    assert ctx.outputs[0][4] == derive(PARENT, 0)
+
+
+def test_low_watermark_starts_at_the_minimum(ctx):
+    assert ctx.low_watermark == MIN_WATERMARK

@@ -76,12 +76,7 @@ def test_module_importing_a_missing_dependency(make_module):
         load_pipeline(f"{name}:pipeline")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="loader.py:23: `module_name.startswith(e.name)` has no dot boundary, so a missing "
-    "dependency whose name prefixes the module's (module 'kafka_x' importing 'kafka') is "
-    "reported as the pipeline module itself being missing",
-)
+# regression: the module-name check had no dot boundary (loader.py)
 def test_missing_dependency_whose_name_prefixes_the_module_is_reported_as_a_failed_import(make_module):
     dep = f"kwheeldep{uuid.uuid4().hex[:8]}"
     name = make_module(f"import {dep}\n", prefix=dep)
@@ -164,11 +159,7 @@ def test_invalid_pipeline_raises_its_pipeline_error(make_module):
         load_pipeline(f"{name}:pipeline")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="loader.py:35: a pipeline factory is called outside any try, so an exception it "
-    "raises escapes as a raw traceback instead of a LoadError (unlike the same error at import)",
-)
+# regression: a factory's exception escaped raw (loader.py)
 def test_factory_raising_is_a_load_error(make_module):
     name = make_module("def pipeline():\n    raise ValueError('cannot build')\n")
     with pytest.raises(LoadError, match=r"cannot build"):

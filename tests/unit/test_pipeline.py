@@ -217,16 +217,13 @@ def test_explicit_partitions_contradicting_direct_inputs_are_rejected():
         p.validate()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="pipeline.py:114/159: a computation's own partitions= is never range-checked; "
-    "with only re-keyed inputs a negative count survives validate() into topics()",
-)
-def test_negative_computation_partitions_are_rejected():
+# regression: a computation's own partitions= was never range-checked
+@pytest.mark.parametrize("bad", [-3, 0, True, 2.0, "4"])
+def test_bad_computation_partitions_are_rejected(bad):
     p = Pipeline("p")
     p.stream("a", partitions=2, source=True)
-    p.computation("c", Nop, inputs=[Input("a", key_by=by_country)], partitions=-3)
-    with pytest.raises(PipelineError, match=r"partitions"):
+    with pytest.raises(PipelineError, match=r"computation 'c': partitions must be a positive integer"):
+        p.computation("c", Nop, inputs=[Input("a", key_by=by_country)], partitions=bad)
         p.validate()
 
 
@@ -323,7 +320,24 @@ def test_topics_of_simple_pipeline():
         "p.events": (4, {}),
         "p.counts": (4, {}),
         "p.counter.changelog": (4, {"cleanup.policy": "compact"}),
+        "p.watermarks": (1, {"cleanup.policy": "compact"}),
     }
+
+
+def test_watermark_topic_is_named_after_the_pipeline():
+    assert simple().watermark_topic() == "p.watermarks"
+    assert Pipeline("other").watermark_topic() == "other.watermarks"
+
+
+def test_topics_have_one_watermark_topic_whatever_the_computations():
+    p = Pipeline("p")
+    p.stream("events", partitions=3, source=True)
+    p.stream("mid", partitions=3)
+    p.computation("a", Nop, inputs=["events"], outputs=["mid"])
+    p.computation("b", Nop, inputs=["mid"])
+    topics = p.topics()
+    assert topics["p.watermarks"] == (1, {"cleanup.policy": "compact"})
+    assert [t for t in topics if t.endswith("watermarks")] == ["p.watermarks"]
 
 
 def test_topics_repartition_topic_has_the_computations_partition_count():

@@ -181,11 +181,7 @@ def test_avro_value_not_a_record_raises_serde_error(user_avsc):
         AvroSerde(user_avsc).encode("just a string")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="serde.py:93: fastavro's schemaless_writer is not validating; a float for a long "
-    "field is silently truncated (1.5 -> 1) instead of raising SerdeError",
-)
+# regression: fastavro's writer truncated 1.5 into a long (serde.py)
 def test_avro_float_for_long_field_raises_serde_error(user_avsc):
     with pytest.raises(SerdeError, match=r"value does not match Avro schema"):
         AvroSerde(user_avsc).encode({"user": "a", "count": 1.5})

@@ -1,0 +1,334 @@
+"""WatermarkTable and Upstream: which watermark a task may use, from control records and
+how far it has consumed. Pure logic: no broker."""
+
+from __future__ import annotations
+
+import pytest
+
+from kwheel import Computation, Input, Pipeline
+from kwheel.watermarks import MAX_WATERMARK, MIN_WATERMARK
+from kwheel.watermarks.control import INJECTOR, TASK, Control, injector_producer_id, task_producer_id
+from kwheel.watermarks.upstream import HISTORY, Upstream, WatermarkTable
+
+
+class Nop(Computation):
+    def process_record(self, ctx, record):
+        pass
+
+
+def country(record):
+    return record.value["country"]
+
+
+@pytest.fixture
+def pipeline() -> Pipeline:
+    """events (source, 2 partitions) -> A (2 tasks) -> mid (2) -> B
+    events re-keyed by C (4 tasks) through p.C.events.repartition."""
+    p = Pipeline("p")
+    p.stream("events", partitions=2, source=True)
+    p.stream("other", partitions=2, source=True)
+    p.stream("mid", partitions=2)
+    p.computation("A", Nop, inputs=["events"], outputs=["mid"])
+    p.computation("B", Nop, inputs=["mid"])
+    p.computation("C", Nop, inputs=[Input("events", key_by=country)], partitions=4)
+    return p.validate()
+
+
+INJ1 = injector_producer_id("load", "1")
+INJ2 = injector_producer_id("load", "2")
+A0 = task_producer_id("A", 0)
+A1 = task_producer_id("A", 1)
+
+
+def injector(w, positions=(), pid=INJ1, streams=("events",), final=False) -> Control:
+    return Control(pid, INJECTOR, list(streams), w, list(positions), 0, final=final)
+
+
+def task(pid, w, positions=(), streams=("mid",)) -> Control:
+    return Control(pid, TASK, list(streams), w, list(positions), 0)
+
+
+def at(**offsets: int):
+    """consumed(topic) from keyword offsets; dots in topic names are written as '__'."""
+    table = {k.replace("__", "."): v for k, v in offsets.items()}
+    return lambda topic: table.get(topic, 0)
+
+
+def table_of(*controls: Control) -> WatermarkTable:
+    t = WatermarkTable()
+    for c in controls:
+        t.add(c)
+    return t
+
+
+# ---- WatermarkTable ---------------------------------------------------------------------------
+
+
+def test_empty_table():
+    t = WatermarkTable()
+    assert t.latest(INJ1) is None
+    assert t.published(INJ1) == MIN_WATERMARK
+    assert t.injectors_of("events") == []
+
+
+def test_latest_is_the_last_added():
+    a, b = injector(5), injector(3)
+    t = table_of(a, b)
+    assert t.latest(INJ1) is b
+
+
+def test_published_is_the_max_ever_published_not_the_latest():
+    t = table_of(task(A0, 5), task(A0, 9), task(A0, 3))
+    assert t.published(A0) == 9
+    assert t.published(A1) == MIN_WATERMARK
+
+
+def test_published_of_a_final_record_is_its_watermark_field():
+    t = table_of(injector(MAX_WATERMARK, final=True))
+    assert t.published(INJ1) == MAX_WATERMARK
+
+
+def test_table_keeps_only_recent_history_per_producer():
+    t = table_of(*(task(A0, i) for i in range(HISTORY + 10)), task(A1, 0))
+    assert len(t.entries[A0]) == HISTORY
+    assert t.entries[A0][0].watermark == 10
+    assert len(t.entries[A1]) == 1
+
+
+def test_injectors_of_a_stream():
+    t = table_of(
+        injector(1, pid=INJ1, streams=["events"]),
+        injector(1, pid=INJ2, streams=["events", "other"]),
+        task(A0, 1, streams=["events"]),  # a task writing the stream is not an injector
+    )
+    assert t.injectors_of("events") == [INJ1, INJ2]
+    assert t.injectors_of("other") == [INJ2]
+    assert t.injectors_of("mid") == []
+
+
+def test_injectors_of_looks_at_the_latest_record_only():
+    t = table_of(injector(1, streams=["events"]), injector(2, streams=["other"]))
+    assert t.injectors_of("events") == []
+    assert t.injectors_of("other") == [INJ1]
+
+
+# ---- Upstream: a task reading a source stream ----------------------------------------------------
+
+
+def test_min_while_no_injector_published(pipeline):
+    up = Upstream(pipeline, "A", 0)
+    assert up.watermark(WatermarkTable(), at(p__events=10**9)) == MIN_WATERMARK
+
+
+def test_min_while_only_injectors_of_other_streams_published(pipeline):
+    up = Upstream(pipeline, "A", 0)
+    t = table_of(injector(100, [("p.other", 0, 0)], streams=["other"]))
+    assert up.watermark(t, at()) == MIN_WATERMARK
+
+
+def test_injector_watermark_is_usable_once_own_partition_is_consumed_past_it(pipeline):
+    t = table_of(injector(100, [("p.events", 0, 10), ("p.events", 1, 50)]))
+    up0 = Upstream(pipeline, "A", 0)
+    assert up0.watermark(t, at(p__events=9)) == MIN_WATERMARK
+    assert up0.watermark(t, at(p__events=10)) == 100
+    up1 = Upstream(pipeline, "A", 1)
+    assert up1.watermark(t, at(p__events=10)) == MIN_WATERMARK
+    assert up1.watermark(t, at(p__events=49)) == MIN_WATERMARK
+    assert up1.watermark(t, at(p__events=50)) == 100
+
+
+def test_positions_of_other_partitions_and_topics_are_ignored(pipeline):
+    t = table_of(injector(100, [
+        ("p.events", 0, 10),
+        ("p.events", 1, 10**9),  # not this task's partition
+        ("p.other", 0, 10**9),  # not an input topic of A
+        ("p.C.events.repartition", 0, 10**9),  # C's input, not A's
+    ]))
+    up = Upstream(pipeline, "A", 0)
+    assert up.watermark(t, at(p__events=10)) == 100
+
+
+def test_injector_with_no_position_for_the_partition_is_usable_at_once(pipeline):
+    t = table_of(injector(100, []))
+    assert Upstream(pipeline, "A", 0).watermark(t, at()) == 100
+
+
+def test_min_over_several_injector_instances(pipeline):
+    t = table_of(
+        injector(100, [("p.events", 0, 10)], pid=INJ1),
+        injector(70, [("p.events", 0, 20)], pid=INJ2),
+    )
+    up = Upstream(pipeline, "A", 0)
+    assert up.watermark(t, at(p__events=10)) == MIN_WATERMARK  # INJ2's 70 not yet covered
+    assert up.watermark(t, at(p__events=20)) == 70
+    t.add(injector(300, [("p.events", 0, 20)], pid=INJ2))
+    assert up.watermark(t, at(p__events=20)) == 100
+
+
+def test_a_final_injector_counts_as_max(pipeline):
+    t = table_of(
+        injector(123, [("p.events", 0, 10)], pid=INJ1, final=True),
+        injector(70, [("p.events", 0, 10)], pid=INJ2),
+    )
+    up = Upstream(pipeline, "A", 0)
+    assert up.watermark(t, at(p__events=10)) == 70
+    t.add(injector(80, [("p.events", 0, 10)], pid=INJ2, final=True))
+    assert up.watermark(t, at(p__events=10)) == MAX_WATERMARK
+
+
+def test_a_final_injector_still_waits_for_its_positions(pipeline):
+    t = table_of(injector(MAX_WATERMARK, [("p.events", 0, 10)], final=True))
+    up = Upstream(pipeline, "A", 0)
+    assert up.watermark(t, at(p__events=9)) == MIN_WATERMARK
+    assert up.watermark(t, at(p__events=10)) == MAX_WATERMARK
+
+
+def test_usable_watermark_falls_back_to_an_older_record_whose_positions_were_passed(pipeline):
+    t = table_of(
+        injector(100, [("p.events", 0, 10)]),
+        injector(200, [("p.events", 0, 20)]),
+    )
+    up = Upstream(pipeline, "A", 0)
+    assert up.watermark(t, at(p__events=15)) == 100
+    assert up.watermark(t, at(p__events=20)) == 200
+
+
+def test_usable_watermark_never_goes_down(pipeline):
+    t = table_of(injector(100, [("p.events", 0, 10)]))
+    up = Upstream(pipeline, "A", 0)
+    assert up.watermark(t, at(p__events=10)) == 100
+    t.add(injector(200, [("p.events", 0, 20)]))
+    assert up.watermark(t, at(p__events=15)) == 100  # newer record not passed yet
+    assert up.watermark(t, at(p__events=0)) == 100  # even if the consumer is rewound
+    assert up.watermark(t, at(p__events=20)) == 200
+
+
+def test_a_lower_newer_record_does_not_lower_the_usable_watermark(pipeline):
+    t = table_of(injector(100, [("p.events", 0, 10)]))
+    up = Upstream(pipeline, "A", 0)
+    assert up.watermark(t, at(p__events=10)) == 100
+    t.add(injector(50, [("p.events", 0, 30)]))  # e.g. an instance restarted under the same name
+    assert up.watermark(t, at(p__events=30)) == 100
+    t.add(injector(MIN_WATERMARK, []))
+    assert up.watermark(t, at(p__events=30)) == 100
+
+
+def test_usable_watermark_survives_history_turning_over(pipeline):
+    t = table_of(injector(100, [("p.events", 0, 10)]))
+    up = Upstream(pipeline, "A", 0)
+    assert up.watermark(t, at(p__events=10)) == 100
+    for i in range(HISTORY):
+        t.add(injector(200 + i, [("p.events", 0, 1000)]))
+    assert up.watermark(t, at(p__events=10)) == 100
+
+
+def test_upstreams_of_different_tasks_keep_their_own_usable_watermarks(pipeline):
+    t = table_of(injector(100, [("p.events", 0, 10), ("p.events", 1, 10)]))
+    up0, up1 = Upstream(pipeline, "A", 0), Upstream(pipeline, "A", 1)
+    assert up0.watermark(t, at(p__events=10)) == 100
+    assert up1.watermark(t, at(p__events=5)) == MIN_WATERMARK
+
+
+# ---- Upstream: a task reading a computation's output -----------------------------------------
+
+
+def test_downstream_is_min_while_one_upstream_task_never_published(pipeline):
+    up = Upstream(pipeline, "B", 0)
+    assert up.watermark(WatermarkTable(), at()) == MIN_WATERMARK
+    t = table_of(task(A0, 100, [("p.mid", 0, 0), ("p.mid", 1, 0)]))
+    assert up.watermark(t, at()) == MIN_WATERMARK
+
+
+def test_downstream_is_min_over_all_upstream_tasks(pipeline):
+    t = table_of(
+        task(A0, 100, [("p.mid", 0, 5), ("p.mid", 1, 7)]),
+        task(A1, 60, [("p.mid", 0, 9), ("p.mid", 1, 3)]),
+    )
+    b0 = Upstream(pipeline, "B", 0)
+    assert b0.watermark(t, at(p__mid=8)) == MIN_WATERMARK  # A1's record covers p.mid[0] up to 9
+    assert b0.watermark(t, at(p__mid=9)) == 60
+    b1 = Upstream(pipeline, "B", 1)
+    assert b1.watermark(t, at(p__mid=6)) == MIN_WATERMARK
+    assert b1.watermark(t, at(p__mid=7)) == 60
+    t.add(task(A1, 500, [("p.mid", 0, 9), ("p.mid", 1, 3)]))
+    assert b0.watermark(t, at(p__mid=9)) == 100
+
+
+def test_downstream_ignores_injectors_and_unrelated_tasks(pipeline):
+    t = table_of(
+        task(A0, 100), task(A1, 100),
+        injector(5, [("p.mid", 0, 10**9)], streams=["mid"]),  # not a source stream: not consulted
+        task(task_producer_id("C", 0), 1, streams=[]),
+        task(task_producer_id("B", 0), 1, streams=[]),
+    )
+    assert Upstream(pipeline, "B", 0).watermark(t, at()) == 100
+
+
+def test_upstream_task_watermark_max_means_done(pipeline):
+    t = table_of(task(A0, MAX_WATERMARK), task(A1, MAX_WATERMARK))
+    assert Upstream(pipeline, "B", 1).watermark(t, at()) == MAX_WATERMARK
+
+
+# ---- Upstream: re-keyed and several inputs ------------------------------------------------------
+
+
+def test_rekeyed_input_is_checked_against_the_repartition_topic(pipeline):
+    up = Upstream(pipeline, "C", 3)
+    assert up.input_topics == {"p.C.events.repartition"}
+    t = table_of(injector(100, [
+        ("p.events", 1, 10**9),  # the stream itself: C does not read it
+        ("p.C.events.repartition", 3, 7),
+        ("p.C.events.repartition", 0, 10**9),
+    ]))
+    assert up.watermark(t, at(p__events=10**9, p__C__events__repartition=6)) == MIN_WATERMARK
+    assert up.watermark(t, at(p__C__events__repartition=7)) == 100
+
+
+def test_repartition_partition_beyond_the_streams_count_is_checked(pipeline):
+    # C has 4 tasks though events has 2 partitions: task 3 only exists on the repartition topic
+    t = table_of(injector(100, [("p.C.events.repartition", 3, 1)]))
+    assert Upstream(pipeline, "C", 3).watermark(t, at()) == MIN_WATERMARK
+    assert Upstream(pipeline, "C", 3).watermark(t, at(p__C__events__repartition=1)) == 100
+
+
+def test_computation_with_a_source_and_a_task_input_takes_the_min():
+    p = Pipeline("q")
+    p.stream("src", partitions=1, source=True)
+    p.stream("side", partitions=1, source=True)
+    p.stream("mid", partitions=1)
+    p.computation("A", Nop, inputs=["src"], outputs=["mid"])
+    p.computation("J", Nop, inputs=["mid", "side"])
+    p.validate()
+    up = Upstream(p, "J", 0)
+    t = table_of(task(task_producer_id("A", 0), 500, [("q.mid", 0, 3)]))
+    assert up.watermark(t, at(q__mid=3)) == MIN_WATERMARK  # no injector of "side" yet
+    t.add(injector(200, [("q.side", 0, 4)], streams=["side"]))
+    assert up.watermark(t, at(q__mid=3, q__side=4)) == 200
+    # the task's positions must be passed too, on its own topic
+    up2 = Upstream(p, "J", 0)
+    assert up2.watermark(t, at(q__mid=2, q__side=4)) == MIN_WATERMARK
+
+
+def test_dead_letter_producers_feed_readers_of_the_dead_letter_stream():
+    p = Pipeline("q")
+    p.stream("src", partitions=2, source=True)
+    p.stream("dead", partitions=1)
+    p.computation("A", Nop, inputs=["src"], dead_letter="dead")
+    p.computation("D", Nop, inputs=["dead"])
+    p.validate()
+    up = Upstream(p, "D", 0)
+    a0, a1 = task_producer_id("A", 0), task_producer_id("A", 1)
+    assert [f.tasks for f in up.feeds] == [(a0, a1)]
+    t = table_of(task(a0, 10, streams=["dead"]))
+    assert up.watermark(t, at()) == MIN_WATERMARK
+    t.add(task(a1, 20, streams=["dead"]))
+    assert up.watermark(t, at()) == 10
+
+
+def test_feeds_of_a_source_stream_have_no_tasks(pipeline):
+    up = Upstream(pipeline, "A", 1)
+    assert len(up.feeds) == 1
+    assert up.feeds[0].stream == "events"
+    assert up.feeds[0].injected is True
+    assert up.feeds[0].tasks == ()
+    assert up.partition == 1
