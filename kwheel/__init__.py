@@ -10,6 +10,7 @@ from .errors import KwheelError
 from .pipeline import Input, Pipeline, Stream
 from .record import Key, Record, Timer
 from .serde import BYTES, JSON, STR, AvroSerde, Serde
+from .windows import Session, Sliding, Tumbling, Window, WindowedAggregation
 
 __all__ = [
     "AvroSerde",
@@ -24,8 +25,13 @@ __all__ = [
     "Record",
     "STR",
     "Serde",
+    "Session",
+    "Sliding",
     "State",
     "Stream",
     "Timer",
+    "Tumbling",
+    "Window",
+    "WindowedAggregation",
 ]
 __version__ = "0.1.0"

@@ -63,6 +63,35 @@ def worker(
     Worker(p, cfg, computation).run()
 
 
+@app.command()
+def inject(
+    pipeline: str = typer.Argument(..., help=PIPELINE_HELP),
+    name: str = typer.Argument(..., help="The injector, as declared with pipeline.injector(NAME, ...)"),
+    bootstrap_servers: Optional[str] = Bootstrap,
+    instance: int = typer.Option(0, "--instance", min=0, help="This process's share of the work: 0..instances-1"),
+    instances: int = typer.Option(1, "--instances", min=1, help="How many processes share the injector"),
+    processes: int = typer.Option(1, "--processes", "-p", min=1, help="Start this many injector processes here"),
+    slot: Optional[str] = typer.Option(None, "--slot", help="Stable id prefix (static group membership for topic sources)"),
+    final: bool = typer.Option(True, "--final/--no-final", help="When the source ends, declare the stream finished (watermark to the end)"),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Run a declared injector: send its records and publish its low watermark."""
+    _setup_logging(verbose)
+    cfg = WorkerConfig.from_env(bootstrap_servers=bootstrap_servers, slot=slot)
+    p = load_pipeline(pipeline)
+    if processes > 1:
+        from .runtime.supervisor import run_processes
+
+        child = [pipeline, name, "--bootstrap-servers", cfg.bootstrap_servers, "--final" if final else "--no-final"]
+        child += ["--verbose"] if verbose else []
+        raise typer.Exit(run_processes(processes, child, cfg.slot, command="inject"))
+    from .kafka.clients import wait_for_broker
+    from .runtime.inject import run_injector
+
+    wait_for_broker(cfg)
+    run_injector(p, name, cfg, instance, instances, final=final)
+
+
 def _admin(bootstrap_servers: Optional[str]):
     from .kafka.clients import wait_for_broker
 
@@ -122,10 +151,8 @@ def main() -> None:
         sys.exit(e.exit_code)
     except typer.Abort:
         sys.exit(130)
-    except Exception as e:  # click usage errors and the like
-        import click
-
-        if isinstance(e, click.ClickException):
+    except Exception as e:  # usage errors of the (vendored) click parser show themselves
+        if hasattr(e, "show") and isinstance(getattr(e, "exit_code", None), int):
             e.show()
             sys.exit(e.exit_code)
         raise

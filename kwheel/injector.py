@@ -46,7 +46,7 @@ class Injector:
     """One injector process: ``send`` records, ``advance`` the watermark, ``close`` when done."""
 
     def __init__(self, pipeline: Pipeline, name: str, streams: list[str], cfg: WorkerConfig,
-                 instance: str | None = None, publish_interval_ms: int = 200):
+                 instance: str | None = None, publish_interval_ms: int | None = 200):
         for s in streams:
             if s not in pipeline.streams:
                 raise ValueError(f"injector {name!r}: unknown stream {s!r}")
@@ -59,7 +59,8 @@ class Injector:
         parts = pipeline.topics()
         topics = dict.fromkeys(r.topic for s in streams for r in pipeline.routes(s))
         self._partitions = [(t, p) for t in topics for p in range(parts[t][0])]
-        self._interval_s = publish_interval_ms / 1000
+        # None: the caller publishes (e.g. only after its source can acknowledge)
+        self._interval_s = None if publish_interval_ms is None else publish_interval_ms / 1000
         self._last_publish = 0.0
         self.sent = 0
 
@@ -68,7 +69,7 @@ class Injector:
             raise ValueError(f"injector {self.producer_id}: {stream!r} is not one of its streams {self.streams}")
         rid = self._producer.send(stream, key, value, timestamp, id)
         self.sent += 1
-        if time.monotonic() - self._last_publish >= self._interval_s:
+        if self._interval_s is not None and time.monotonic() - self._last_publish >= self._interval_s:
             self.publish()
         return rid
 

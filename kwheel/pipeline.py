@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from . import serde as serdes
 from .computation import Computation
@@ -48,6 +48,16 @@ class ComputationSpec:
     partitions: int = 0  # resolved by validate()
 
 
+@dataclass
+class InjectorSpec:
+    """An injector declared in the pipeline: ``kwheel inject module:pipeline NAME`` runs it."""
+
+    name: str
+    source: Callable[[], object]  # a zero-argument factory of a kwheel.sources.Source
+    outputs: list[str]
+    disorder_ms: int  # bounded disorder: the watermark trails the newest timestamp by this
+
+
 @dataclass(frozen=True)
 class Route:
     """Where a record produced to a stream is written: the topic, and how its key is chosen."""
@@ -75,6 +85,7 @@ class Pipeline:
     name: str
     streams: dict[str, Stream] = field(default_factory=dict)
     computations: dict[str, ComputationSpec] = field(default_factory=dict)
+    injectors: dict[str, InjectorSpec] = field(default_factory=dict)
 
     # ---- building -----------------------------------------------------------------
     def stream(
@@ -115,6 +126,28 @@ class Pipeline:
         ins = [i if isinstance(i, Input) else Input(i) for i in inputs]
         spec = ComputationSpec(name, computation, ins, list(outputs), dead_letter, partitions or 0)
         self.computations[name] = spec
+        return spec
+
+    def injector(self, name: str, source: Callable[[], object], outputs: Iterable[str], disorder_ms: int = 0) -> InjectorSpec:
+        """Declare an injector writing ``outputs`` (which become source streams).
+
+        ``source`` builds the injector's Source in each injector process (see kwheel.sources);
+        ``disorder_ms`` bounds how far out of timestamp order its records may arrive.
+        """
+        if name in self.injectors:
+            raise PipelineError(f"pipeline {self.name!r}: injector {name!r} declared twice")
+        if not callable(source):
+            raise PipelineError(f"injector {name!r}: source must be a Source class or factory, got {source!r}")
+        if not isinstance(disorder_ms, int) or isinstance(disorder_ms, bool) or disorder_ms < 0:
+            raise PipelineError(f"injector {name!r}: disorder_ms must be a non-negative integer, got {disorder_ms!r}")
+        outs = list(outputs)
+        if not outs:
+            raise PipelineError(f"injector {name!r} has no outputs")
+        for o in outs:
+            self._known(o, f"injector {name!r} writes")
+            self.streams[o] = replace(self.streams[o], source=True)
+        spec = InjectorSpec(name, source, outs, disorder_ms)
+        self.injectors[name] = spec
         return spec
 
     # ---- validation ------------------------------------------------------------------

@@ -8,14 +8,17 @@ import sys
 import time
 
 
-def run_processes(n: int, child_args: list[str], slot: str | None) -> int:
-    """Start ``n`` workers (slots ``slot-0`` .. ``slot-{n-1}``), forward SIGTERM/SIGINT,
-    and return the first non-zero exit code (0 when all stopped cleanly)."""
+def run_processes(n: int, child_args: list[str], slot: str | None, command: str = "worker") -> int:
+    """Start ``n`` ``kwheel <command>`` processes (slots ``slot-0`` .. ``slot-{n-1}``; an
+    injector's get ``--instance i --instances n``), forward SIGTERM/SIGINT, and return the
+    first non-zero exit code (0 when all stopped cleanly)."""
     procs = []
     for i in range(n):
-        args = [sys.executable, "-m", "kwheel", "worker", *child_args, "--processes", "1"]
+        args = [sys.executable, "-m", "kwheel", command, *child_args, "--processes", "1"]
         if slot:
             args += ["--slot", f"{slot}-{i}"]
+        if command == "inject":
+            args += ["--instance", str(i), "--instances", str(n)]
         procs.append(subprocess.Popen(args))
 
     def forward(signum: int, _frame: object) -> None:
