@@ -59,6 +59,8 @@ class WorkerConfig:
             for k, v in env.items()
             if k.startswith(ENV_PREFIX + "KAFKA_")
         }
+        if "bootstrap.servers" in kafka:
+            raise ConfigError("set KWHEEL_BOOTSTRAP_SERVERS, not KWHEEL_KAFKA_BOOTSTRAP_SERVERS")
         values["kafka"] = kafka
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]

@@ -35,3 +35,7 @@ class RecordError(KwheelError):
 
 class FencedError(KwheelError):
     """Another process took over a task: this one must stop processing it."""
+
+
+class StateError(KwheelError):
+    """A local state store cannot be used (e.g. another process holds it)."""

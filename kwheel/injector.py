@@ -19,7 +19,8 @@ from .pipeline import Pipeline
 from .record import Key
 from .watermarks import MAX_WATERMARK, MIN_WATERMARK
 from .watermarks.control import INJECTOR, Control, injector_producer_id
-from .watermarks.transport import WatermarkPublisher
+from .watermarks.transport import WatermarkPublisher, WatermarkReader
+from .watermarks.upstream import WatermarkTable
 
 
 class BoundedDisorder:
@@ -56,6 +57,7 @@ class Injector:
         self.watermark = MIN_WATERMARK
         self._producer = StreamProducer(pipeline, cfg)
         self._publisher = WatermarkPublisher(cfg, pipeline.watermark_topic())
+        self._floor = _published(cfg, pipeline.watermark_topic(), self.producer_id)
         parts = pipeline.topics()
         topics = dict.fromkeys(r.topic for s in streams for r in pipeline.routes(s))
         self._partitions = [(t, p) for t in topics for p in range(parts[t][0])]
@@ -82,7 +84,8 @@ class Injector:
         """Flush what was sent, then publish the watermark covering it."""
         self._producer.flush()
         ends = self._publisher.end_offsets(self._partitions)
-        w = MAX_WATERMARK if final else self.watermark
+        # never below what this instance published before a restart
+        w = MAX_WATERMARK if final else max(self.watermark, self._floor)
         self._publisher.publish(Control(
             self.producer_id, INJECTOR, self.streams, w, [(t, p, o) for (t, p), o in ends.items()],
             int(time.time() * 1000), final=final, stats={"sent": self.sent},
@@ -100,3 +103,14 @@ class Injector:
 
     def __exit__(self, *exc: object) -> None:
         self.close(final=exc[0] is None)
+
+
+def _published(cfg: WorkerConfig, topic: str, producer_id: str) -> int:
+    """The highest watermark ``producer_id`` published before (MIN_WATERMARK if none)."""
+    table = WatermarkTable()
+    reader = WatermarkReader(cfg, topic, table)
+    try:
+        reader.catch_up(cfg.startup_timeout_s)
+    finally:
+        reader.close()
+    return table.published(producer_id)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Protocol
 
 import fastavro
+import orjson
 
 from .errors import SerdeError
 
@@ -54,22 +55,20 @@ class StrSerde:
 
 
 class JsonSerde:
-    """JSON documents (UTF-8, compact)."""
+    """JSON documents (UTF-8, compact), through orjson."""
 
     name = "json"
-    _enc = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
-    _dec = json.JSONDecoder().decode
 
     def encode(self, obj: object) -> bytes:
         try:
-            return self._enc(obj).encode()
-        except (TypeError, ValueError) as e:
+            return orjson.dumps(obj, option=orjson.OPT_NON_STR_KEYS)
+        except (TypeError, orjson.JSONEncodeError) as e:
             raise SerdeError(f"value is not JSON-serialisable: {e}") from None
 
     def decode(self, data: bytes) -> object:
         try:
-            return self._dec(data.decode())
-        except (UnicodeDecodeError, ValueError) as e:
+            return orjson.loads(data)
+        except (orjson.JSONDecodeError, TypeError) as e:
             raise SerdeError(f"malformed JSON: {e}") from None
 
 

@@ -20,7 +20,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException
 
 from . import ids
 from .config import WorkerConfig
-from .errors import SerdeError
+from .errors import ConfigError, SerdeError
 from .kafka import clients
 from .record import Key
 from .serde import Serde, resolve
@@ -109,7 +109,7 @@ class JsonLines:
         else:
             p = Path(self.path)
             if not p.is_file():
-                raise FileNotFoundError(f"injector {env.injector!r}: no such file {self.path}")
+                raise ConfigError(f"injector {env.injector!r}: no such file {self.path}")
             self._file = p.open(encoding="utf-8")
         self._lines = enumerate(self._file, start=1)
 

@@ -194,6 +194,7 @@ class Task:
                 where = f"{topic}[{m.partition()}]@{offset}"
                 self._failed(f"failed on key {key!r} at {where}", e, m.key(), m.value(), m.timestamp()[1], rid, where)
                 pending_ids[rid] = m.timestamp()[1]  # dead-lettered: a re-sent copy is a duplicate
+                bloom.add(rid)
                 continue
             self._succeeded(tag, state)
             pending_ids[rid] = ts
@@ -335,7 +336,7 @@ class Task:
                 p.flush(self.cfg.transaction_timeout_ms / 1000)
             if last_offset[0] < 0:
                 raise FencedError(f"{self.name}: committed but the changelog offset never came back")
-            self.store.apply(changes, last_offset[0], next_batch)
+            self.store.apply(changes, last_offset[0], next_batch, self._pending_ids)
         self._next_batch = next_batch
         if expired:
             gone = set(expired)

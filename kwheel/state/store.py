@@ -14,8 +14,9 @@ import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from rocksdict import Options, Rdict, WriteBatch
+from rocksdict import Options, Rdict, WriteBatch, WriteOptions
 
+from ..errors import StateError
 from . import layout
 
 log = logging.getLogger("kwheel.store")
@@ -28,6 +29,8 @@ class TaskStore:
         try:
             self._db = self._open()
         except Exception as e:  # a store damaged by a crash: the changelog rebuilds it
+            if "lock" in str(e).lower():  # another live process has it open: not damage
+                raise StateError(f"state store {self.path} is in use by another process ({e})") from None
             log.warning("state store %s cannot be opened (%s): rebuilding it from the changelog", self.path, e)
             self._remove()
             self._db = self._open()
@@ -35,7 +38,13 @@ class TaskStore:
     def _open(self) -> Rdict:
         opts = Options(raw_mode=True)
         opts.create_if_missing(True)
-        return Rdict(str(self.path), opts)
+        db = Rdict(str(self.path), opts)
+        # No write-ahead log: the changelog is the log. After a crash RocksDB recovers a
+        # prefix of the write batches, whose applied offset says where restore resumes.
+        wo = WriteOptions()
+        wo.disable_wal = True
+        db.set_write_options(wo)
+        return db
 
     @property
     def applied_offset(self) -> int:
@@ -57,8 +66,10 @@ class TaskStore:
     def get(self, key: bytes) -> bytes | None:
         return self._db.get(key)
 
-    def apply(self, changes: Iterable[tuple[bytes, bytes | None]], offset: int, next_batch: int | None = None) -> None:
-        """Apply changelog records up to ``offset`` atomically."""
+    def apply(self, changes: Iterable[tuple[bytes, bytes | None]], offset: int, next_batch: int | None = None,
+              fresh_ids: dict[bytes, int] | None = None) -> None:
+        """Apply changelog records up to ``offset`` atomically. ``fresh_ids`` are the
+        decoded contents of the one new id batch among them (saves decoding it again)."""
         wb = WriteBatch(raw_mode=True)
         written: dict[bytes, bytes | None] = {}  # this batch's values, for later deletes in it
 
@@ -80,7 +91,8 @@ class TaskStore:
                     for rid, _ in layout.decode_id_batch(old or b""):
                         wb.delete(layout.SEEN + rid)
                 else:
-                    for rid, ts in layout.decode_id_batch(value):
+                    ids = fresh_ids.items() if fresh_ids is not None else layout.decode_id_batch(value)
+                    for rid, ts in ids:
                         wb.put(layout.SEEN + rid, layout.encode_u64(ts))
                     if next_batch is None:
                         # restoring: keep batch numbers ahead of every batch seen
@@ -146,4 +158,5 @@ class TaskStore:
             shutil.rmtree(doomed, ignore_errors=True)
 
     def close(self) -> None:
+        self._db.flush()  # no WAL: persist the memtable before letting go
         self._db.close()
