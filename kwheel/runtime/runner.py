@@ -53,15 +53,17 @@ class ComputationRunner:
     # ---- group membership --------------------------------------------------------------
     def _on_assign(self, consumer: Consumer, parts: list[TopicPartition]) -> None:
         try:
-            for p in sorted({tp.partition for tp in parts}):
-                if p in self.tasks:
-                    continue
+            fresh = sorted({tp.partition for tp in parts} - set(self.tasks))
+            for p in fresh:
                 task = Task(self.pipeline, self.spec, p, self.cfg, consumer)
-                task.open()
+                task.open()  # fences the previous owner first: the offsets below are final
                 self.tasks[p] = task
-                log.info("%s: assigned and ready (restored %d records)", task.name, task.counters.restored)
             for tp in consumer.committed(parts, timeout=self.cfg.startup_timeout_s):
                 self._committed[(tp.topic, tp.partition)] = max(tp.offset, 0)
+            for p in fresh:
+                starts = {t: self._committed.get((t, p), 0) for t in self.topics}
+                log.info("%s: assigned and ready (restored %d records; starts at %s)",
+                         self.tasks[p].name, self.tasks[p].counters.restored, starts)
         except Exception as e:  # raised inside librdkafka's callback: surface it from step()
             self._fatal = e
         consumer.assign(parts)
@@ -78,7 +80,7 @@ class ComputationRunner:
             except Exception as e:
                 log.warning("%s: commit on revoke failed: %s", task.name, e)
             task.close()
-            log.info("%s: revoked", task.name)
+            log.info("%s: revoked (committed up to %s)", task.name, task.committed_offsets)
 
     def _on_lost(self, consumer: Consumer, parts: list[TopicPartition]) -> None:
         # Partitions lost (session expired): someone else may own them, so do not commit.

@@ -107,6 +107,7 @@ class Task:
         self._txn_records = 0
         self._txn_first: dict[str, int] = {}  # topic -> first offset of the open transaction
         self._txn_next: dict[str, int] = {}  # topic -> offset after the last one handled
+        self.committed_offsets: dict[str, int] = {}  # topic -> next offset, as last committed here
         self._next_batch = 0
         self._id_batches: list[tuple[int, int]] = []  # (batch, newest id timestamp): for GC
 
@@ -152,8 +153,20 @@ class Task:
 
     def _begin(self) -> None:
         if not self._in_txn:
-            self.producer.begin_transaction()
+            try:
+                self.producer.begin_transaction()
+            except KafkaException as e:
+                raise self._producer_failed(e) from None
             self._in_txn = True
+
+    def _producer_failed(self, e: KafkaException) -> Exception:
+        """A producer error outside commit: fenced or fatal means this task is done here."""
+        err = e.args[0]
+        self._discard()
+        if err.code() in (KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH) \
+                or "fenced" in err.str().lower():
+            return FencedError(f"task {self.name} was fenced: another worker owns it now ({err.str()})")
+        return BrokerError(f"task {self.name}: producer failed: {err.str()}")
 
     def process(self, messages: list[Message]) -> None:
         """Process consumed messages of this task; raise RecordError under the stop policy."""
@@ -213,7 +226,10 @@ class Task:
             for tkey, value in ctx.timer_ops:
                 self.timers.apply(tkey, value)
         if ctx.outputs:
-            send(self.producer, ctx.outputs)
+            try:
+                send(self.producer, ctx.outputs)
+            except KafkaException as e:
+                raise self._producer_failed(e) from None
 
     def _load(self, tag: bytes) -> dict:
         """A fresh copy of the key's state: this batch's, else the committed one."""
@@ -233,7 +249,10 @@ class Task:
         if self.dead_letter is None:
             raise RecordError(msg) from e
         headers = [(ID_HEADER, rid), (ERROR_HEADER, msg.encode()), (SOURCE_HEADER, where.encode())]
-        self.producer.produce(self.dead_letter, value, key, timestamp=ts, headers=headers)
+        try:
+            self.producer.produce(self.dead_letter, value, key, timestamp=ts, headers=headers)
+        except KafkaException as ke:
+            raise self._producer_failed(ke) from None
         self.counters.dead_lettered += 1
         log.warning("%s: dead-lettered: %s", self.name, msg)
 
@@ -316,17 +335,17 @@ class Task:
                 last_offset[0] = msg.offset()
 
         p = self.producer
-        for i, (k, v) in enumerate(changes):
-            while True:
-                try:
-                    if i == len(changes) - 1:
-                        p.produce(self.changelog, v, k, partition=self.partition, on_delivery=delivered)
-                    else:
-                        p.produce(self.changelog, v, k, partition=self.partition)
-                    break
-                except BufferError:
-                    p.poll(0.05)
         try:
+            for i, (k, v) in enumerate(changes):
+                while True:
+                    try:
+                        if i == len(changes) - 1:
+                            p.produce(self.changelog, v, k, partition=self.partition, on_delivery=delivered)
+                        else:
+                            p.produce(self.changelog, v, k, partition=self.partition)
+                        break
+                    except BufferError:
+                        p.poll(0.05)
             self._finish(p)
         except KafkaException as e:
             self._commit_failed(e)
@@ -344,6 +363,7 @@ class Task:
         if new_batch is not None:
             self._id_batches.append(new_batch)
         self._clean.update(self._dirty)
+        self.committed_offsets.update(self._txn_next)
         self.timers.committed()
         self._watermark_dirty = False
         self.counters.commits += 1
@@ -375,10 +395,7 @@ class Task:
             log.warning("%s: transaction failed (%s): aborting and replaying the batch", self.name, err.str())
             self.abort()
             return
-        self._discard()
-        if err.code() in (KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH):
-            raise FencedError(f"task {self.name} was fenced: another worker owns it now ({err.str()})") from None
-        raise BrokerError(f"task {self.name} cannot commit: {err.str()}") from None
+        raise self._producer_failed(e) from None
 
     def abort(self) -> None:
         """Abort the open transaction and rewind the consumer to replay its records."""

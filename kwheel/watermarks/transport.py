@@ -68,12 +68,15 @@ class WatermarkPublisher:
         self._timeout = cfg.startup_timeout_s
 
     def end_offsets(self, tps: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
-        """Last stable offsets: every committed record of these partitions is below them."""
+        """High watermarks: every record written to these partitions so far is below them.
+
+        Not the last stable offset: another producer's transaction that opened earlier
+        holds the LSO below records this producer has already committed after it."""
         if not tps:
             return {}
         futs = self._admin.list_offsets(
             {TopicPartition(t, p): OffsetSpec.latest() for t, p in tps},
-            isolation_level=IsolationLevel.READ_COMMITTED, request_timeout=self._timeout,
+            isolation_level=IsolationLevel.READ_UNCOMMITTED, request_timeout=self._timeout,
         )
         return {(tp.topic, tp.partition): f.result().offset for tp, f in futs.items()}
 

@@ -1,0 +1,5 @@
+"""``python -m benchmarks`` is ``python -m benchmarks.run``."""
+
+from .run import main
+
+main()

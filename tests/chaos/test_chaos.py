@@ -1,0 +1,272 @@
+"""The chaos test: a three-stage pipeline under kills, zombies, rebalances and broker stalls.
+
+Short mode runs in CI. Long mode: KWHEEL_CHAOS=long (>= 1,000,000 records, >= 50 faults).
+Replay a run with KWHEEL_CHAOS_SEED=<seed printed at the start>. Every action the driver
+takes is logged with its time to chaos.log in the test's temporary directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import threading
+import time
+from collections import defaultdict
+
+import pytest
+
+from kwheel.config import WorkerConfig
+from kwheel.injector import BoundedDisorder, Injector
+from kwheel.testing.processes import WorkerProcess, wait_until
+from kwheel.testing.readers import read_committed
+from kwheel.watermarks import MAX_WATERMARK, MIN_WATERMARK
+from tests.chaos.pipeline import chaos, region_of
+from tests.helpers import latest_watermark, read_controls, setup_topics
+
+REF = "tests.chaos.pipeline:chaos"
+LONG = os.environ.get("KWHEEL_CHAOS") == "long"
+RECORDS = 1_000_000 if LONG else 50_000
+MIN_FAULTS = 50 if LONG else 10
+RATE = 4000 if LONG else 1000  # records per second injected
+USERS = 400
+DISORDER_MS = 200
+COMPUTATIONS = ("user_windows", "region_windows")
+
+
+class Driver:
+    """Starts and abuses the workers; logs every action."""
+
+    def __init__(self, kafka, name, workers, tmp_path, rng):
+        self.kafka, self.name, self.make, self.tmp, self.rng = kafka, name, workers, tmp_path, rng
+        self.log_file = open(tmp_path / "chaos.log", "a", buffering=1)
+        self.static: dict[str, WorkerProcess] = {}
+        self.dynamic: list[WorkerProcess] = []
+        self.faults = defaultdict(int)
+        self.generation = defaultdict(int)
+        self.t0 = time.monotonic()
+
+    def note(self, what: str) -> None:
+        self.log_file.write(f"{time.monotonic() - self.t0:8.2f}s {what}\n")
+
+    def start(self, slot: str, fresh_state: bool = False) -> WorkerProcess:
+        comp = slot.rsplit("-", 1)[0]
+        self.generation[slot] += 1
+        g = self.generation[slot]
+        state = self.tmp / (f"state-{slot}-{g}" if fresh_state else f"state-{slot}")
+        w = self.make(REF, self.name, slot=slot, state_dir=state, tag=f"{slot}.{g}",
+                      args=["--computation", comp, "--batch-size", "500"])
+        self.static[slot] = w
+        self.note(f"start {slot} (gen {g}, pid {w.pid}, {'fresh' if fresh_state else 'kept'} state)")
+        return w
+
+    def start_all(self) -> None:
+        for comp in COMPUTATIONS:
+            for i in range(3):
+                self.start(f"{comp}-{i}")
+
+    # ---- faults ----------------------------------------------------------------------------
+    def kill(self) -> None:
+        slot = self.rng.choice(sorted(self.static))
+        w = self.static[slot]
+        w.kill()
+        self.note(f"SIGKILL {slot} (pid {w.pid})")
+        self.start(slot, fresh_state=self.rng.random() < 0.3)
+
+    def zombie(self) -> None:
+        slot = self.rng.choice(sorted(self.static))
+        old = self.static[slot]
+        old.pause()
+        self.note(f"SIGSTOP {slot} (pid {old.pid}): it becomes a zombie")
+        new = self.start(slot, fresh_state=True)  # restarted elsewhere: the hung one holds its disk
+        wait_until(lambda: "assigned and ready" in new.log() or not new.alive(), 60, f"{slot}'s replacement to take over")
+        old.resume()
+        self.note(f"SIGCONT {slot} zombie (pid {old.pid})")
+        rc = old.wait(60)
+        self.note(f"zombie {slot} exited with {rc}")
+        assert rc != 0 and "fenced" in old.log(), f"zombie {slot} did not stop as fenced (rc {rc})"
+
+    def add(self) -> None:
+        comp = self.rng.choice(COMPUTATIONS)
+        w = self.make(REF, self.name, tag=f"dyn-{comp}-{len(self.dynamic)}",
+                      args=["--computation", comp, "--batch-size", "500"])
+        self.dynamic.append(w)
+        self.note(f"add dynamic {comp} worker (pid {w.pid})")
+
+    def remove(self) -> None:
+        if not self.dynamic:
+            return self.add()
+        w = self.dynamic.pop(self.rng.randrange(len(self.dynamic)))
+        rc = w.stop(60)
+        self.note(f"remove dynamic worker (pid {w.pid}) with SIGTERM: exit {rc}")
+        assert rc == 0, w.log()[-3000:]
+
+    def stall(self) -> None:
+        if not self.kafka.embedded:
+            return self.kill()
+        seconds = self.rng.uniform(10, 20) if LONG else 10
+        self.note(f"SIGSTOP broker for {seconds:.1f}s")
+        self.kafka.pause()
+        try:
+            time.sleep(seconds)  # the fault itself: the broker is frozen this long
+        finally:
+            self.kafka.resume()
+        self.note("SIGCONT broker")
+
+    def fault(self, kind: str | None = None) -> None:
+        kind = kind or self.rng.choice(["kill", "kill", "zombie", "add", "remove"])
+        getattr(self, kind)()
+        self.faults[kind] += 1
+        self.settle()
+
+    def settle(self) -> None:
+        """Wait until every group is stable with exactly the live workers as members and
+        every partition assigned: one membership change at a time, as an operator would."""
+        from confluent_kafka.admin import AdminClient
+
+        admin = AdminClient({"bootstrap.servers": self.kafka.bootstrap, "log_level": 0})
+        p = chaos(self.name).validate()
+
+        def settled() -> bool:
+            for comp in COMPUTATIONS:
+                group = p.group_id(comp)
+                d = admin.describe_consumer_groups([group])[group].result(timeout=10)
+                live = sum(1 for s, w in self.static.items() if s.startswith(comp) and w.alive())
+                live += sum(1 for w in self.dynamic if w.alive() and comp in " ".join(w.args))
+                parts = {(tp.topic, tp.partition) for m in d.members for tp in m.assignment.topic_partitions}
+                if d.state.name != "STABLE" or len(d.members) != live or len(parts) != p.computations[comp].partitions:
+                    last[0] = f"{comp}: {d.state.name}, {len(d.members)} members for {live} live workers, " \
+                              f"{len(parts)} of {p.computations[comp].partitions} partitions assigned"
+                    return False
+            return True
+
+        started = time.monotonic()
+        last = [""]
+        try:
+            wait_until(settled, 120, "the consumer groups to settle", interval_s=0.5)
+        except TimeoutError:
+            self.note(f"groups did not settle: {last[0]}")
+            raise
+        self.note(f"groups settled after {time.monotonic() - started:.1f}s")
+
+    def stop_all(self) -> None:
+        for slot, w in sorted(self.static.items()):
+            rc = w.stop(90)
+            self.note(f"stop {slot}: exit {rc}")
+            assert rc == 0, f"{slot} exited with {rc}: {w.log()[-3000:]}"
+        while self.dynamic:
+            self.remove()
+
+
+def inject(kafka, p, rng, stop: threading.Event, out: dict) -> None:
+    """Inject RECORDS events at RATE per second with bounded disorder; publish the watermark."""
+    inj = Injector(p, "events", ["events"], WorkerConfig(bootstrap_servers=kafka.bootstrap), instance="chaos")
+    policy = BoundedDisorder(DISORDER_MS)
+    t0 = (int(time.time()) - RECORDS // 100 - 60) * 1000  # ~10 ms of event time per record, in the past
+    events = []
+    started = time.monotonic()
+    for i in range(RECORDS):
+        ts = t0 + i * 10 + rng.randrange(DISORDER_MS // 2)
+        events.append((f"u{rng.randrange(USERS)}", ts, rng.randrange(1, 100)))
+    for i, (user, ts, amount) in enumerate(events):
+        if stop.is_set():
+            break
+        inj.send("events", user, {"user": user, "amount": amount}, timestamp=ts)
+        inj.advance(policy.observe(ts))
+        if i % 200 == 0:
+            ahead = i / RATE - (time.monotonic() - started)
+            if ahead > 0:
+                time.sleep(ahead)  # pacing the load, not synchronisation
+    inj.close(final=True)
+    out["events"] = events
+
+
+def reference(events):
+    users = defaultdict(lambda: [0, 0])
+    for user, ts, amount in events:
+        u = users[(user, ts // 1000 * 1000)]
+        u[0] += 1
+        u[1] += amount
+    regions = defaultdict(lambda: [0, 0, 0])
+    for (user, start), (n, s) in users.items():
+        r = regions[(region_of(user), start + 1000)]  # user totals are stamped at their window's end
+        r[0] += 1
+        r[1] += n
+        r[2] += s
+    return {k: tuple(v) for k, v in users.items()}, {k: tuple(v) for k, v in regions.items()}
+
+
+def test_chaos(kafka, name, workers, tmp_path):
+    seed = int(os.environ.get("KWHEEL_CHAOS_SEED", random.randrange(1 << 30)))
+    print(f"chaos seed={seed} records={RECORDS} long={LONG}")
+    rng = random.Random(seed)
+    p = chaos(name)
+    setup_topics(kafka.bootstrap, p)
+    d = Driver(kafka, name, workers, tmp_path, random.Random(rng.random()))
+    d.note(f"seed {seed}")
+    d.start_all()
+    d.settle()
+    stop, out = threading.Event(), {}
+    feeder = threading.Thread(target=inject, args=(kafka, p, random.Random(rng.random()), stop, out), daemon=True)
+    feeder.start()
+    try:
+        interval = (RECORDS / RATE) / (MIN_FAULTS + 2)
+        d.fault("stall")
+        while feeder.is_alive():
+            feeder.join(interval * d.rng.uniform(0.5, 1.0))
+            if feeder.is_alive():
+                d.fault()
+        while sum(d.faults.values()) < MIN_FAULTS:
+            d.fault()
+        d.note(f"injection done; faults {dict(d.faults)}")
+        wait_until(lambda: latest_watermark(kafka.bootstrap, name, "task:region_windows/") == MAX_WATERMARK,
+                   180 if not LONG else 1800, "the last stage to see the end of input")
+        d.stop_all()
+    except BaseException:
+        stop.set()
+        print((tmp_path / "chaos.log").read_text())
+        raise
+    print((tmp_path / "chaos.log").read_text())
+    assert sum(d.faults.values()) >= MIN_FAULTS
+    want_users, want_regions = reference(out["events"])
+    try:
+        check(kafka, f"{name}.user_totals", lambda v: ((v["user"], v["start"]), (v["n"], v["sum"])), want_users)
+        check(kafka, f"{name}.region_totals",
+              lambda v: ((v["region"], v["start"]), (v["users"], v["n"], v["sum"])), want_regions)
+    except AssertionError:
+        dump(kafka, p, tmp_path / "dump", out["events"])
+        raise
+    last = {}
+    for c in read_controls(kafka.bootstrap, name):
+        assert c.watermark >= last.get(c.producer, MIN_WATERMARK), f"{c.producer} watermark went backwards"
+        last[c.producer] = c.watermark
+
+
+def dump(kafka, p, folder, events) -> None:
+    """Everything needed to investigate a failed run, as JSON lines per topic."""
+    folder.mkdir(exist_ok=True)
+    (folder / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+    for topic in p.topics():
+        with open(folder / f"{topic}.jsonl", "w") as f:
+            for r in read_committed(kafka.bootstrap, topic):
+                f.write(json.dumps({"p": r.partition, "o": r.offset, "ts": r.timestamp, "id": (r.id or b"").hex(),
+                                    "key": (r.key or b"").hex(), "value": (r.value or b"").hex()}) + "\n")
+
+
+def check(kafka, topic, unpack, want):
+    records = read_committed(kafka.bootstrap, topic)
+    ids = [r.id for r in records]
+    assert len(ids) == len(set(ids)), f"{topic}: {len(ids) - len(set(ids))} record ids appear twice"
+    got = {}
+    for r in records:
+        k, v = unpack(json.loads(r.value))
+        assert k not in got, f"{topic}: window {k} emitted twice (a timer fired twice)"
+        got[k] = v
+    missing = sorted(set(want) - set(got))[:5]
+    extra = sorted(set(got) - set(want))[:5]
+    wrong = sorted(k for k in set(got) & set(want) if got[k] != want[k])[:5]
+    assert not (missing or extra or wrong), (
+        f"{topic}: missing {missing}, unexpected {extra}, wrong {[(k, got[k], want[k]) for k in wrong]}")
+
+
+pytestmark = pytest.mark.timeout(3600 if LONG else 600)
