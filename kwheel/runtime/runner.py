@@ -17,7 +17,8 @@ from ..watermarks.transport import WatermarkPublisher
 from ..watermarks.upstream import WatermarkTable
 from .task import Task
 
-HEARTBEAT_S = 1.0  # an unchanged watermark is republished this often, so idle stages advance
+HEARTBEAT_S = 1.0
+FENCE_BACK = 3  # a new incarnation fences this many before it (zombies whose successor died early)  # an unchanged watermark is republished this often, so idle stages advance
 
 log = logging.getLogger("kwheel.worker")
 
@@ -26,12 +27,13 @@ class ComputationRunner:
     """Consumes the computation's input topics and drives one Task per assigned partition."""
 
     def __init__(self, pipeline: Pipeline, computation: str, cfg: WorkerConfig,
-                 table: WatermarkTable, publisher: WatermarkPublisher):
+                 table: WatermarkTable, publisher: WatermarkPublisher, catch_up=lambda: None):
         self.pipeline = pipeline
         self.spec = pipeline.computations[computation]
         self.cfg = cfg
         self.table = table
         self.publisher = publisher
+        self.catch_up = catch_up  # reads the watermark topic to its end
         self.topics = [ti.topic for ti in pipeline.task_inputs(computation)]
         # every partition this computation writes: what its watermarks must cover
         out_topics = [r.topic for s in self.spec.outputs for r in pipeline.routes(s)]
@@ -54,9 +56,13 @@ class ComputationRunner:
     def _on_assign(self, consumer: Consumer, parts: list[TopicPartition]) -> None:
         try:
             fresh = sorted({tp.partition for tp in parts} - set(self.tasks))
+            if fresh:
+                self.catch_up()  # the newest incarnation every task announced
             for p in fresh:
                 task = Task(self.pipeline, self.spec, p, self.cfg, consumer)
-                task.open()  # fences the previous owner first: the offsets below are final
+                incarnation = self._announce(p)
+                # fences the previous owners first: the offsets below are final
+                task.open(incarnation, fence_from=max(0, incarnation - FENCE_BACK))
                 self.tasks[p] = task
             for tp in consumer.committed(parts, timeout=self.cfg.startup_timeout_s):
                 self._committed[(tp.topic, tp.partition)] = max(tp.offset, 0)
@@ -67,6 +73,17 @@ class ComputationRunner:
         except Exception as e:  # raised inside librdkafka's callback: surface it from step()
             self._fatal = e
         consumer.assign(parts)
+
+    def _announce(self, p: int) -> int:
+        """Claim the next incarnation of task ``p`` on the watermark topic, before using it."""
+        pid = task_producer_id(self.spec.name, p)
+        incarnation = self.table.incarnation(pid) + 1
+        control = Control(pid, TASK, self.streams_out, self.table.published(pid), [], int(time.time() * 1000),
+                          incarnation=incarnation)
+        self.publisher.publish(control)
+        self.publisher.flush()
+        self.table.add(control)
+        return incarnation
 
     def _on_revoke(self, consumer: Consumer, parts: list[TopicPartition]) -> None:
         for p in sorted({tp.partition for tp in parts}):
@@ -162,7 +179,8 @@ class ComputationRunner:
         wall = int(time.time() * 1000)
         for p, (task, w, pid) in todo.items():
             positions = [(t, q, o) for (t, q), o in ends.items()]
-            control = Control(pid, TASK, self.streams_out, w, positions, wall, task.input_watermark, stats=task.stats())
+            control = Control(pid, TASK, self.streams_out, w, positions, wall, task.input_watermark, stats=task.stats(),
+                              incarnation=task.incarnation)
             self.publisher.publish(control)
             self.table.add(control)
             self._published[p] = (w, now)

@@ -89,6 +89,7 @@ class Task:
         self.dead_letter = pipeline.streams[spec.dead_letter].topic if spec.dead_letter else None
         self.store = TaskStore(cfg.state_dir / pipeline.name / spec.name / str(partition))
         self.producer: Producer | None = None
+        self.incarnation = 0
         self.computation = spec.factory()
         self.timers = TimerTable(self.store)
         # watermarks: of the inputs (persisted, monotonic) and the one this task publishes
@@ -112,11 +113,21 @@ class Task:
         self._id_batches: list[tuple[int, int]] = []  # (batch, newest id timestamp): for GC
 
     # ---- lifecycle ---------------------------------------------------------------------
-    def open(self) -> None:
-        """Fence earlier owners, then bring the store up to the end of the changelog."""
-        tid = self.pipeline.transactional_id(self.spec.name, self.partition)
-        self.producer = Producer(clients.transactional_producer_config(self.cfg, tid))
-        self.producer.init_transactions(self.cfg.startup_timeout_s)
+    def open(self, incarnation: int = 1, fence_from: int = 0) -> None:
+        """Fence earlier owners, then bring the store up to the end of the changelog.
+
+        Each incarnation of a task writes with its own transactional id, ``<task>.<n>``,
+        and fences the ones before it (``fence_from`` .. ``incarnation - 1``) by opening
+        their ids first. A fresh id means a fresh producer id: some brokers (the embedded
+        test broker among them) hide a fenced producer's later records from readers that
+        were waiting on its aborted transaction, so a successor must not reuse it."""
+        base = self.pipeline.transactional_id(self.spec.name, self.partition)
+        timeout = self.cfg.startup_timeout_s
+        for n in range(fence_from, incarnation):
+            Producer(clients.transactional_producer_config(self.cfg, f"{base}.{n}")).init_transactions(timeout)
+        self.incarnation = incarnation
+        self.producer = Producer(clients.transactional_producer_config(self.cfg, f"{base}.{incarnation}"))
+        self.producer.init_transactions(timeout)
         started = time.monotonic()
         n = restore(self.store, clients.reader_config(self.cfg), self.changelog, self.partition, self.cfg.startup_timeout_s)
         self.counters.restored += n

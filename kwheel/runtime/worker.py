@@ -64,7 +64,9 @@ class Worker:
         self.reader = WatermarkReader(self.cfg, topic, self.table)
         self.reader.catch_up(self.cfg.startup_timeout_s)
         self.publisher = WatermarkPublisher(self.cfg, topic)
-        self.runners = [ComputationRunner(self.pipeline, n, self.cfg, self.table, self.publisher) for n in self.names]
+        catch_up = lambda: self.reader.catch_up(self.cfg.startup_timeout_s)  # noqa: E731
+        self.runners = [ComputationRunner(self.pipeline, n, self.cfg, self.table, self.publisher, catch_up)
+                        for n in self.names]
         log.info("worker %s running %s", self.cfg.slot or "(dynamic)", ", ".join(self.names))
         timeout = 0.1 / len(self.runners)
         try:

@@ -27,6 +27,7 @@ class Control:
     input_watermark: int = 0
     final: bool = False
     stats: dict[str, int] = field(default_factory=dict)
+    incarnation: int = 0
 
     def encode(self) -> bytes:
         buf = io.BytesIO()
@@ -34,7 +35,7 @@ class Control:
             "producer": self.producer, "kind": self.kind, "streams": self.streams, "watermark": self.watermark,
             "input_watermark": self.input_watermark,
             "positions": [{"topic": t, "partition": p, "offset": o} for t, p, o in self.positions],
-            "final": self.final, "wall_time": self.wall_time, "stats": self.stats,
+            "final": self.final, "wall_time": self.wall_time, "stats": self.stats, "incarnation": self.incarnation,
         })
         return buf.getvalue()
 
@@ -45,6 +46,7 @@ class Control:
             producer=d["producer"], kind=d["kind"], streams=list(d["streams"]), watermark=d["watermark"],
             positions=[(p["topic"], p["partition"], p["offset"]) for p in d["positions"]],
             wall_time=d["wall_time"], input_watermark=d["input_watermark"], final=d["final"], stats=dict(d["stats"]),
+            incarnation=d.get("incarnation", 0),
         )
 
 

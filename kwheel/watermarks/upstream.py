@@ -40,6 +40,11 @@ class WatermarkTable:
         dq = self.entries.get(producer)
         return max((c.watermark for c in dq), default=MIN_WATERMARK) if dq else MIN_WATERMARK
 
+    def incarnation(self, producer: str) -> int:
+        """The newest incarnation a task announced (0 when none)."""
+        dq = self.entries.get(producer)
+        return max((c.incarnation for c in dq), default=0) if dq else 0
+
     def injectors_of(self, stream: str) -> list[str]:
         return [p for p, dq in self.entries.items() if dq and dq[-1].kind == INJECTOR and stream in dq[-1].streams]
 

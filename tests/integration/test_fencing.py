@@ -35,7 +35,7 @@ def test_new_owner_fences_the_old_one_and_its_batch_vanishes(kafka, name, tmp_pa
     old.open()
     old.process(msgs[:30])  # an open transaction with outputs and changelog to come
     new = Task(p, spec, 0, WorkerConfig(bootstrap_servers=kafka.bootstrap, state_dir=tmp_path / "new"), group)
-    new.open()  # init_transactions with the task's id: the old producer is fenced
+    new.open(2, fence_from=0)  # opens the ids of incarnations 0 and 1 first: the old producer is fenced
     with pytest.raises(FencedError, match="fenced"):
         old.commit()
     assert read_committed(kafka.bootstrap, f"{name}.counts") == []
