@@ -42,6 +42,11 @@ def worker(
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Join the consumer groups of the pipeline's computations and process until SIGTERM."""
+    import signal
+
+    # Until the worker loop takes over (it finishes the batch and commits), a stop request
+    # simply ends the process: nothing has been processed yet.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     _setup_logging(verbose)
     cfg = WorkerConfig.from_env(
         bootstrap_servers=bootstrap_servers, state_dir=state_dir, slot=slot,
