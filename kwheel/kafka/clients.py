@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 from confluent_kafka import KafkaException
@@ -67,6 +68,8 @@ def group_consumer_config(cfg: WorkerConfig, group_id: str, instance_id: str | N
     )
     if instance_id:
         conf["group.instance.id"] = instance_id
+    # names the process in the group's member list (kafka-consumer-groups --describe)
+    conf.setdefault("client.id", f"kwheel-{instance_id or 'dynamic'}-{os.getpid()}")
     return conf
 
 

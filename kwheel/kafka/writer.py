@@ -15,6 +15,9 @@ from ..record import Key, Record
 from ..state.layout import key_tag
 
 ID_HEADER = "kwheel.id"
+# librdkafka's default message.max.bytes: a larger record would fail at produce time,
+# after the call that made it returned; refusing it here puts it under the error policy.
+MAX_RECORD_BYTES = 1_000_000
 
 # (topic, key bytes, value bytes, timestamp, record id)
 Message = tuple[str, bytes, bytes, int, bytes]
@@ -41,6 +44,9 @@ class StreamWriter:
             vb = s.value_serde.encode(value)
         except SerdeError as e:
             raise SerdeError(f"value for stream {stream!r}: {e}") from None
+        if len(kb) + len(vb) > MAX_RECORD_BYTES:
+            raise SerdeError(f"record for stream {stream!r} is {len(kb) + len(vb)} bytes, over the "
+                             f"{MAX_RECORD_BYTES}-byte limit")
         out = [(routes[0].topic, kb, vb, timestamp, rid)]
         for route in routes[1:]:
             new_key = route.key_by(Record(key, value, timestamp, rid, stream))  # type: ignore[misc]

@@ -161,10 +161,15 @@ class Driver:
                 live += sum(1 for w in self.dynamic if w.alive() and comp in " ".join(w.args))
                 if live == 0:
                     continue  # not started yet
-                parts = {(tp.topic, tp.partition) for m in d.members for tp in m.assignment.topic_partitions}
-                if d.state.name != "STABLE" or len(d.members) != live or len(parts) != p.computations[comp].partitions:
-                    last[0] = f"{comp}: {d.state.name}, {len(d.members)} members for {live} live workers, " \
-                              f"{len(parts)} of {p.computations[comp].partitions} partitions assigned"
+                # members are named kwheel-<slot>-<pid>; the embedded broker keeps members of
+                # dead processes for ever, which is harmless as long as they own nothing
+                pids = {w.pid for w in [*self.static.values(), *self.dynamic] if w.alive()}
+                owned = {(tp.topic, tp.partition) for m in d.members
+                         if int(m.client_id.rsplit("-", 1)[-1]) in pids for tp in m.assignment.topic_partitions}
+                members = sum(1 for m in d.members if int(m.client_id.rsplit("-", 1)[-1]) in pids)
+                if d.state.name != "STABLE" or members != live or len(owned) != p.computations[comp].partitions:
+                    last[0] = f"{comp}: {d.state.name}, {members} live members ({len(d.members)} in all) for " \
+                              f"{live} live workers, {len(owned)} of {p.computations[comp].partitions} partitions owned"
                     return False
             return True
 

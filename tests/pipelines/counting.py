@@ -20,6 +20,8 @@ class Flaky(Computation):
     def process_record(self, ctx, record):
         if record.value.get("poison") and not os.environ.get("KWHEEL_TEST_CURED"):
             raise ValueError(f"poisoned record {record.value.get('seq')}")
+        if record.value.get("bloat"):  # an output far larger than the broker takes
+            ctx.produce("counts", ctx.key, {"key": ctx.key, "blob": "x" * 2_000_000})
         n = ctx.state.get("count", 0) + 1
         ctx.state["count"] = n
         ctx.produce("counts", ctx.key, {"key": ctx.key, "count": n}, record.timestamp)

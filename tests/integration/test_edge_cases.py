@@ -1,0 +1,117 @@
+"""Edge cases around state, startup and bad records (issue: fault-injection suite)."""
+
+import json
+import shutil
+from collections import Counter
+
+from confluent_kafka import Producer
+
+from kwheel.testing.processes import wait_until
+from kwheel.testing.readers import read_committed
+from tests.helpers import check_exact_counts, count_outputs, inject, make_events, setup_topics, worker_stats
+from tests.pipelines.counting import flaky_count, flaky_count_dlq, keyed_count
+
+REF = "tests.pipelines.counting:keyed_count"
+
+
+def test_deleted_state_dir_is_restored_from_the_changelog(kafka, name, workers, tmp_path):
+    p = keyed_count(name)
+    setup_topics(kafka.bootstrap, p)
+    events = make_events(3000, keys=40)
+    inject(kafka.bootstrap, p, events[:2000])
+    state = tmp_path / "state"
+    w = workers(REF, name, slot="s0", state_dir=state)
+    wait_until(lambda: count_outputs(kafka.bootstrap, f"{name}.counts") >= 2000, 60, "the first counts")
+    assert w.stop() == 0
+    shutil.rmtree(state)  # the disk is gone while the worker is stopped
+    inject(kafka.bootstrap, p, events[2000:])
+    w = workers(REF, name, slot="s0", state_dir=state, tag="again")
+    wait_until(lambda: count_outputs(kafka.bootstrap, f"{name}.counts") >= len(events), 60, "all counts")
+    assert w.stop() == 0
+    check_exact_counts(kafka.bootstrap, f"{name}.counts", Counter(k for k, _ in events))
+    assert worker_stats(w.log())["restored"] > 0
+
+
+def test_a_worker_started_before_its_topics_waits_for_them(kafka, name, workers):
+    w = workers(REF, name, slot="s0")
+    wait_until(lambda: "waiting for topics" in w.log(), 30, "the worker to say it waits for its topics")
+    p = keyed_count(name)
+    setup_topics(kafka.bootstrap, p)
+    events = make_events(300, keys=7)
+    inject(kafka.bootstrap, p, events)
+    wait_until(lambda: count_outputs(kafka.bootstrap, f"{name}.counts") >= len(events), 60, "all counts")
+    assert w.stop() == 0
+    check_exact_counts(kafka.bootstrap, f"{name}.counts", Counter(k for k, _ in events))
+
+
+def _raw(kafka, topic, records):
+    """Write records as a foreign producer would: whatever bytes, maybe no key."""
+    prod = Producer({"bootstrap.servers": kafka.bootstrap})
+    for key, value in records:
+        prod.produce(topic, value, key)
+    prod.flush(10)
+
+
+def test_malformed_json_and_missing_keys_are_dead_lettered_with_where(kafka, name, workers):
+    p = flaky_count_dlq(name)
+    setup_topics(kafka.bootstrap, p)
+    good = make_events(100, keys=5)
+    inject(kafka.bootstrap, p, good[:50])
+    _raw(kafka, f"{name}.events", [(b"u1", b"{not json"), (None, json.dumps({"user": "x"}).encode())])
+    inject(kafka.bootstrap, p, good[50:])
+    w = workers("tests.pipelines.counting:flaky_count_dlq", name, slot="s0")
+    wait_until(lambda: count_outputs(kafka.bootstrap, f"{name}.dead") >= 2, 60, "two dead letters")
+    wait_until(lambda: count_outputs(kafka.bootstrap, f"{name}.counts") >= len(good), 60, "the good counts")
+    assert w.stop() == 0
+    check_exact_counts(kafka.bootstrap, f"{name}.counts", Counter(k for k, _ in good))
+    errors = sorted(dict(r.headers)["kwheel.error"].decode() for r in read_committed(kafka.bootstrap, f"{name}.dead"))
+    assert "malformed JSON" in errors[0] and f"{name}.events[" in errors[0]
+    assert "record has no key" in errors[1]
+
+
+def test_malformed_json_stops_the_task_under_the_default_policy(kafka, name, workers):
+    p = flaky_count(name)
+    setup_topics(kafka.bootstrap, p)
+    _raw(kafka, f"{name}.events", [(b"u1", b"\xff\xfe not json")])
+    w = workers("tests.pipelines.counting:flaky_count", name, slot="s0")
+    assert w.wait(60) == 1
+    [line] = [l for l in w.log().splitlines() if l.startswith("kwheel: error:")]
+    assert "computation 'counter' failed on key 'u1'" in line and "malformed JSON" in line
+
+
+def test_an_oversized_output_is_an_error_of_its_record(kafka, name, workers):
+    p = flaky_count_dlq(name)
+    setup_topics(kafka.bootstrap, p)
+    events = make_events(60, keys=4)
+    events[30] = (events[30][0], {**events[30][1], "bloat": True})
+    inject(kafka.bootstrap, p, events)
+    w = workers("tests.pipelines.counting:flaky_count_dlq", name, slot="s0")
+    wait_until(lambda: count_outputs(kafka.bootstrap, f"{name}.dead") >= 1, 60, "the dead letter")
+    wait_until(lambda: count_outputs(kafka.bootstrap, f"{name}.counts") >= len(events) - 1, 60, "the other counts")
+    assert w.stop() == 0
+    check_exact_counts(kafka.bootstrap, f"{name}.counts", Counter(k for k, v in events if not v.get("bloat")))
+    [dead] = read_committed(kafka.bootstrap, f"{name}.dead")
+    assert b"over the 1000000-byte limit" in dict(dead.headers)["kwheel.error"]
+
+
+def test_secrets_pass_through_to_kafka_and_stay_out_of_the_output(kafka):
+    import os
+    import subprocess
+    import sys
+
+    from kwheel.config import WorkerConfig
+    from kwheel.kafka import clients
+    from kwheel.testing.broker import free_port
+    from tests.conftest import ROOT
+
+    env = {"KWHEEL_KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT", "KWHEEL_KAFKA_SASL_MECHANISM": "PLAIN",
+           "KWHEEL_KAFKA_SASL_USERNAME": "kw", "KWHEEL_KAFKA_SASL_PASSWORD": "s3cr3t-pa55"}
+    cfg = WorkerConfig.from_env(env, bootstrap_servers="127.0.0.1:1")
+    for conf in (clients.transactional_producer_config(cfg, "t"), clients.producer_config(cfg),
+                 clients.group_consumer_config(cfg, "g", None), clients.reader_config(cfg), clients.base_config(cfg)):
+        assert conf["security.protocol"] == "SASL_PLAINTEXT" and conf["sasl.password"] == "s3cr3t-pa55"
+    r = subprocess.run([sys.executable, "-m", "kwheel", "worker", REF, "-b", f"127.0.0.1:{free_port()}"],
+                       env={**os.environ, **env, "PYTHONPATH": str(ROOT), "KWHEEL_STARTUP_TIMEOUT_S": "2"},
+                       capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert r.returncode == 1
+    assert "s3cr3t-pa55" not in r.stdout + r.stderr
