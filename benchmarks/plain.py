@@ -26,6 +26,7 @@ COMMIT_INTERVAL_S = 0.1
 
 
 def peak_rss_kib(pid: int | str = "self") -> int | None:
+    """VmHWM of a live process (KiB), None if it is gone."""
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:

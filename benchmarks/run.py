@@ -40,6 +40,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import orjson
+
+from benchmarks.plain import peak_rss_kib
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import NewTopic
 
@@ -117,18 +119,6 @@ class Processes:
             if p.poll() is None:
                 log(f"stopping leftover {name} (pid {p.pid})")
             self.stop(p, 20.0)
-
-
-def peak_rss_kib(pid: int) -> int | None:
-    """VmHWM of a live process (KiB), None if it is gone."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
 
 
 def child_pids(pid: int) -> list[int]:

@@ -61,7 +61,20 @@ class Source(Protocol):
     def close(self) -> None: ...
 
 
-class Synthetic:
+class _Unacknowledged:
+    """Defaults for sources with nothing to acknowledge and no watermark of their own."""
+
+    def watermark(self) -> int | None:
+        return None
+
+    def committed(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class Synthetic(_Unacknowledged):
     """Records from a generator function ``generate(instance, instances)``; ends when it does."""
 
     def __init__(self, generate: Callable[[int, int], Iterable[SourceRecord]]):
@@ -79,17 +92,8 @@ class Synthetic:
                 break
         return out or None
 
-    def watermark(self) -> int | None:
-        return None
 
-    def committed(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-class JsonLines:
+class JsonLines(_Unacknowledged):
     """One JSON document per line, from a file or ``-`` (stdin). Ids derive from the file
     and line number, so re-reading a file after a crash produces duplicates that dedup
     drops. With several injector processes each takes every n-th line."""
@@ -130,12 +134,6 @@ class JsonLines:
             if len(out) >= max_records:
                 return out
         return out or None
-
-    def watermark(self) -> int | None:
-        return None
-
-    def committed(self) -> None:
-        pass
 
     def close(self) -> None:
         if self._file is not None and self._file is not sys.stdin:
