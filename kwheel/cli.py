@@ -39,6 +39,7 @@ def worker(
     slot: Optional[str] = typer.Option(None, "--slot", help="Stable worker slot id: static group membership for fast restarts (env KWHEEL_SLOT)"),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Max input records per task transaction (env KWHEEL_BATCH_SIZE)"),
     commit_interval_ms: Optional[int] = typer.Option(None, "--commit-interval-ms", help="Commit at least this often (env KWHEEL_COMMIT_INTERVAL_MS)"),
+    offset_reset: Optional[str] = typer.Option(None, "--offset-reset", help="earliest, latest or fail: where to resume when input records were deleted before being processed (env KWHEEL_OFFSET_RESET)"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Join the consumer groups of the pipeline's computations and process until SIGTERM."""
@@ -50,14 +51,15 @@ def worker(
     _setup_logging(verbose)
     cfg = WorkerConfig.from_env(
         bootstrap_servers=bootstrap_servers, state_dir=state_dir, slot=slot,
-        batch_size=batch_size, commit_interval_ms=commit_interval_ms,
+        batch_size=batch_size, commit_interval_ms=commit_interval_ms, offset_reset=offset_reset,
     )
     p = load_pipeline(pipeline)
     if processes > 1:
         from .runtime.supervisor import run_processes
 
         child = [pipeline, "--bootstrap-servers", cfg.bootstrap_servers, "--state-dir", str(cfg.state_dir),
-                 "--batch-size", str(cfg.batch_size), "--commit-interval-ms", str(cfg.commit_interval_ms)]
+                 "--batch-size", str(cfg.batch_size), "--commit-interval-ms", str(cfg.commit_interval_ms),
+                 "--offset-reset", cfg.offset_reset]
         for c in computation or []:
             child += ["--computation", c]
         if verbose:

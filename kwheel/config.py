@@ -25,6 +25,9 @@ class WorkerConfig:
     session_timeout_ms: int = 10000
     # Seen record ids are forgotten once the input watermark passes their time plus this.
     dedup_horizon_ms: int = 3_600_000
+    # Where to resume when the committed input offset is below the log start (records were
+    # deleted before being processed): "earliest" (what is left), "latest", or "fail".
+    offset_reset: str = "earliest"
     # How long to keep retrying an unreachable broker or missing topics before giving up.
     startup_timeout_s: float = 30.0
     # Extra librdkafka settings passed to every client (security.protocol, sasl.*, ...).
@@ -41,6 +44,8 @@ class WorkerConfig:
             raise ConfigError(f"config startup_timeout_s: must be a positive number, got {self.startup_timeout_s!r}")
         if not self.bootstrap_servers or not all(":" in b for b in self.bootstrap_servers.split(",")):
             raise ConfigError(f"config bootstrap_servers: expected host:port[,host:port], got {self.bootstrap_servers!r}")
+        if self.offset_reset not in ("earliest", "latest", "fail"):
+            raise ConfigError(f"config offset_reset: must be earliest, latest or fail, got {self.offset_reset!r}")
         if self.slot is not None and (not self.slot or any(c.isspace() for c in self.slot)):
             raise ConfigError(f"config slot: must be a non-empty name without spaces, got {self.slot!r}")
 

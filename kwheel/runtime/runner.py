@@ -66,6 +66,8 @@ class ComputationRunner:
                 self.tasks[p] = task
             for tp in consumer.committed(parts, timeout=self.cfg.startup_timeout_s):
                 self._committed[(tp.topic, tp.partition)] = max(tp.offset, 0)
+                if tp.offset >= 0:
+                    self._check_log_start(consumer, tp, parts)
             for p in fresh:
                 starts = {t: self._committed.get((t, p), 0) for t in self.topics}
                 log.info("%s: assigned and ready (restored %d records; starts at %s)",
@@ -73,6 +75,24 @@ class ComputationRunner:
         except Exception as e:  # raised inside librdkafka's callback: surface it from step()
             self._fatal = e
         consumer.assign(parts)
+
+    def _check_log_start(self, consumer: Consumer, committed: TopicPartition, parts: list[TopicPartition]) -> None:
+        """Records deleted before they were processed: say so, then apply offset_reset."""
+        low, high = consumer.get_watermark_offsets(TopicPartition(committed.topic, committed.partition),
+                                                   timeout=self.cfg.startup_timeout_s)
+        if committed.offset >= low:
+            return
+        where = f"{committed.topic}[{committed.partition}]"
+        msg = (f"computation {self.spec.name!r}: committed offset {committed.offset} of {where} is below the log "
+               f"start {low}: {low - committed.offset} records were deleted before being processed")
+        if self.cfg.offset_reset == "fail":
+            raise BrokerError(f"{msg} (offset_reset=fail)")
+        to = low if self.cfg.offset_reset == "earliest" else high
+        log.warning("%s; resuming at %d (offset_reset=%s)", msg, to, self.cfg.offset_reset)
+        for tp in parts:
+            if (tp.topic, tp.partition) == (committed.topic, committed.partition):
+                tp.offset = to
+        self._committed[(committed.topic, committed.partition)] = to
 
     def _announce(self, p: int) -> int:
         """Claim the next incarnation of task ``p`` on the watermark topic, before using it."""

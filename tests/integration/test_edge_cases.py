@@ -115,3 +115,30 @@ def test_secrets_pass_through_to_kafka_and_stay_out_of_the_output(kafka):
                        capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert r.returncode == 1
     assert "s3cr3t-pa55" not in r.stdout + r.stderr
+
+
+def test_committed_offset_below_the_log_start_warns_and_resumes(kafka, name, workers):
+    from confluent_kafka import TopicPartition
+    from confluent_kafka.admin import AdminClient
+
+    from tests.helpers import committed_total
+
+    p = keyed_count(name, partitions=1)
+    setup_topics(kafka.bootstrap, p)
+    inject(kafka.bootstrap, p, make_events(100, keys=5))
+    ref = "tests.pipelines.counting:keyed_count_one_partition"
+    w = workers(ref, name, slot="s0")
+    wait_until(lambda: committed_total(kafka.bootstrap, f"{name}.counter", f"{name}.events", 1) >= 100, 60,
+               "the first records committed")
+    assert w.stop() == 0
+    inject(kafka.bootstrap, p, make_events(200, keys=5, seed_offset=100))
+    # retention (here: delete_records) removes 150 records the computation never processed
+    admin = AdminClient({"bootstrap.servers": kafka.bootstrap})
+    for f in admin.delete_records([TopicPartition(f"{name}.events", 0, 250)]).values():
+        f.result()
+    w = workers(ref, name, slot="s0", tag="after")
+    wait_until(lambda: committed_total(kafka.bootstrap, f"{name}.counter", f"{name}.events", 1) >= 300, 60,
+               "the rest processed: no silent stall")
+    assert w.stop() == 0
+    assert "committed offset 100 of" in w.log() and "is below the log start 250: 150 records were deleted" in w.log()
+    assert worker_stats(w.log())["processed"] == 50

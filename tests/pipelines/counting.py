@@ -67,3 +67,8 @@ def flaky_count_dlq(name: str | None = None) -> Pipeline:
     p.stream("dead", partitions=1, value="bytes")
     p.computation("counter", Flaky, inputs=["events"], outputs=["counts"], dead_letter="dead")
     return p
+
+
+def keyed_count_one_partition(name: str | None = None) -> Pipeline:
+    """keyed_count on a single partition (for tests that delete records at one position)."""
+    return keyed_count(name, partitions=1)
