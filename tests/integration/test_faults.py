@@ -11,7 +11,6 @@ from tests.helpers import (
     changelog_state,
     check_exact_counts,
     committed_total,
-    count_outputs,
     inject,
     make_events,
     setup_topics,
