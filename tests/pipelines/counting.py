@@ -13,7 +13,7 @@ class Counter(Computation):
         ctx.produce("counts", ctx.key, {"key": ctx.key, "count": n}, record.timestamp)
 
 
-class Flaky(Computation):
+class Flaky(Counter):
     """Counts, but raises on records whose value has ``"poison": true`` (unless the test
     sets KWHEEL_TEST_CURED, standing in for a fixed deployment)."""
 
@@ -22,9 +22,7 @@ class Flaky(Computation):
             raise ValueError(f"poisoned record {record.value.get('seq')}")
         if record.value.get("bloat"):  # an output far larger than the broker takes
             ctx.produce("counts", ctx.key, {"key": ctx.key, "blob": "x" * 2_000_000})
-        n = ctx.state.get("count", 0) + 1
-        ctx.state["count"] = n
-        ctx.produce("counts", ctx.key, {"key": ctx.key, "count": n}, record.timestamp)
+        super().process_record(ctx, record)
 
 
 def _name() -> str:
