@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 
@@ -13,6 +14,8 @@ from ..errors import BrokerError
 
 # Java-compatible key hashing: keys land where Kafka Streams and Java producers put them.
 PARTITIONER = "murmur2_random"
+
+log = logging.getLogger("kwheel.kafka")
 
 
 def base_config(cfg: WorkerConfig) -> dict:
@@ -101,13 +104,21 @@ def wait_for_broker(cfg: WorkerConfig, timeout_s: float | None = None) -> AdminC
     deadline = time.monotonic() + timeout_s
     delay = 0.2
     last = "no answer"
+    said = 0.0
     while True:
         try:
             client.list_topics(timeout=min(2.0, max(0.1, deadline - time.monotonic())))
+            if said:
+                log.info("Kafka at %s answers now", cfg.bootstrap_servers)
             return client
         except KafkaException as e:
             last = e.args[0].str() if e.args else str(e)
-        if time.monotonic() >= deadline:
+        now = time.monotonic()
+        if now >= deadline:
             raise BrokerError(f"cannot reach Kafka at {cfg.bootstrap_servers} within {timeout_s:g}s ({last})")
+        if now - said >= 5.0:  # say so at once, then every few seconds
+            log.warning("waiting for Kafka at %s (%s): retrying for another %.0fs",
+                        cfg.bootstrap_servers, last, deadline - now)
+            said = now
         time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
         delay = min(delay * 2, 2.0)

@@ -105,6 +105,7 @@ class Task:
         self._pending_ids: dict[bytes, int] = {}
         self._bloom = Bloom(100_000, 0.01)
         self._in_txn = False
+        self._txn_began = 0.0  # monotonic time the open transaction began
         self._txn_records = 0
         self._txn_first: dict[str, int] = {}  # topic -> first offset of the open transaction
         self._txn_next: dict[str, int] = {}  # topic -> offset after the last one handled
@@ -169,6 +170,7 @@ class Task:
             except KafkaException as e:
                 raise self._producer_failed(e) from None
             self._in_txn = True
+            self._txn_began = time.monotonic()
 
     def _producer_failed(self, e: KafkaException) -> Exception:
         """A producer error outside commit: fenced or fatal means this task is done here."""
@@ -324,6 +326,8 @@ class Task:
         """Commit the open transaction and then apply its changes to RocksDB."""
         if not self._in_txn and not self._watermark_dirty:
             return
+        if self._in_txn and self._expired():
+            return
         self._begin()
         changes: list[tuple[bytes, bytes | None]] = [(layout.STATE + tag, v) for tag, v in self._dirty.items()]
         changes.extend(self.timers.changes.items())
@@ -379,6 +383,21 @@ class Task:
         self._watermark_dirty = False
         self.counters.commits += 1
         self._end_txn()
+
+    def _expired(self) -> bool:
+        """A transaction open longer than its timeout is aborted, never committed: Kafka's
+        coordinator has aborted it already (or will, mid-commit), so abort it here too and
+        replay the batch from its first offset. Brokers that never time out a transaction
+        (the embedded one) get the same behaviour."""
+        took = time.monotonic() - self._txn_began
+        limit = self.cfg.transaction_timeout_ms / 1000
+        if took <= limit:
+            return False
+        log.warning("%s: batch of %d records took %.1fs, longer than transaction_timeout_ms=%d: "
+                    "aborting it and retrying from %s (a user function is too slow for the timeout?)",
+                    self.name, self._txn_records, took, self.cfg.transaction_timeout_ms, self._txn_first)
+        self.abort()
+        return True
 
     def _finish(self, p: Producer) -> None:
         """Send the offsets and commit; retry what librdkafka calls retriable (a broker

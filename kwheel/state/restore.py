@@ -13,6 +13,7 @@ from .store import TaskStore
 log = logging.getLogger("kwheel.restore")
 
 CHUNK = 20000
+CHECKPOINT_EVERY = 100_000  # records between flushes of a restoring store
 # Compacted topics drop tombstones after delete.retention.ms (default 24 h): a store last
 # applied longer ago than that could miss a delete, so it is rebuilt from scratch.
 STALE_AFTER_MS = 20 * 3600 * 1000
@@ -43,8 +44,11 @@ def restore(store: TaskStore, reader_conf: dict, topic: str, partition: int, tim
         start = max(start, low)
         if start >= high:
             return 0
+        # a store killed mid-restore resumes here: each chunk is applied with its offset
+        log.info("restoring %s[%d]: offsets %d..%d (%d records%s)", topic, partition, start, high - 1,
+                 high - start, f", resuming after {store.applied_offset}" if store.applied_offset >= 0 else "")
         reader.assign([TopicPartition(topic, partition, start)])
-        applied = 0
+        applied = checkpointed = 0
         chunk: list[tuple[bytes, bytes | None]] = []
         last = start - 1
         done = False
@@ -72,9 +76,13 @@ def restore(store: TaskStore, reader_conf: dict, topic: str, partition: int, tim
                 store.apply(chunk, last)
                 applied += len(chunk)
                 chunk = []
+                if applied - checkpointed >= CHECKPOINT_EVERY:
+                    store.checkpoint()
+                    checkpointed = applied
             if not done:
                 pos = reader.position([TopicPartition(topic, partition)])[0].offset
                 done = pos >= high
+        store.checkpoint()
         return applied
     finally:
         reader.close()

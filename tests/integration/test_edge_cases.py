@@ -142,3 +142,71 @@ def test_committed_offset_below_the_log_start_warns_and_resumes(kafka, name, wor
     assert w.stop() == 0
     assert "committed offset 100 of" in w.log() and "is below the log start 250: 150 records were deleted" in w.log()
     assert worker_stats(w.log())["processed"] == 50
+
+
+def test_a_user_function_slower_than_the_transaction_timeout_is_aborted_and_retried(kafka, name, workers, tmp_path):
+    from tests.pipelines.counting import sluggish_count
+
+    p = sluggish_count(name)
+    setup_topics(kafka.bootstrap, p)
+    events = make_events(400, keys=9)
+    events[200] = (events[200][0], {**events[200][1], "slow": 4.5})  # the timeout is 3 s
+    inject(kafka.bootstrap, p, events)
+    mark = tmp_path / "slept"
+    w = workers("tests.pipelines.counting:sluggish_count", name, slot="s0",
+                env={"KWHEEL_TRANSACTION_TIMEOUT_MS": "3000", "KWHEEL_TEST_SLOW_MARK": str(mark)})
+    wait_until(lambda: count_outputs(kafka.bootstrap, f"{name}.counts") >= len(events), 90, "all counts")
+    assert w.stop() == 0
+    assert mark.exists(), "the slow call never happened"
+    check_exact_counts(kafka.bootstrap, f"{name}.counts", Counter(k for k, _ in events))
+    [line] = [l for l in w.log().splitlines() if "longer than transaction_timeout_ms=3000" in l]
+    assert "counter[" in line and "aborting it and retrying" in line
+    assert worker_stats(w.log())["aborts"] >= 1
+
+
+def test_a_worker_started_while_the_broker_is_down_waits_for_it(kafka, name, workers):
+    p = keyed_count(name)
+    setup_topics(kafka.bootstrap, p)
+    events = make_events(300, keys=7)
+    inject(kafka.bootstrap, p, events)
+    kafka.pause()  # the broker stops answering (skips on brokers we cannot pause)
+    try:
+        w = workers(REF, name, slot="s0", env={"KWHEEL_STARTUP_TIMEOUT_S": "120"})
+        wait_until(lambda: "waiting for Kafka at" in w.log(), 60, "the worker to say it waits for Kafka")
+        assert w.alive()
+    finally:
+        kafka.resume()
+    wait_until(lambda: count_outputs(kafka.bootstrap, f"{name}.counts") >= len(events), 90, "all counts")
+    assert w.stop() == 0
+    assert "Kafka at" in w.log() and "answers now" in w.log()
+    check_exact_counts(kafka.bootstrap, f"{name}.counts", Counter(k for k, _ in events))
+
+
+def test_a_kill_and_a_rebalance_in_the_middle_of_a_restore(kafka, name, workers, tmp_path):
+    """A fresh store restoring a large changelog is SIGKILLed mid-restore and restarted (a
+    finished partition is not restored again), and a second worker joins while it restores:
+    no crash loop, no hang, exact counts."""
+    p = keyed_count(name)
+    setup_topics(kafka.bootstrap, p)
+    events = make_events(80_000, keys=40_000)
+    inject(kafka.bootstrap, p, events)
+    w = workers(REF, name, slot="s0", state_dir=tmp_path / "first")
+    wait_until(lambda: count_outputs(kafka.bootstrap, f"{name}.counts") >= len(events), 120, "the first counts")
+    assert w.stop() == 0
+    # s0 comes back on a new, empty disk: it must restore every partition's changelog
+    fresh = tmp_path / "fresh"
+    w = workers(REF, name, slot="s0", state_dir=fresh, tag="restoring")
+    wait_until(lambda: w.log().count("restoring ") >= 2 or not w.alive(), 60, "the restore to get going")
+    w.kill()
+    assert w.log().count("changelog records in") < 2, "the kill came after the second restore finished"
+    w = workers(REF, name, slot="s0", state_dir=fresh, tag="resumed")
+    wait_until(lambda: "restoring " in w.log() or not w.alive(), 60, "the restore to resume")
+    other = workers(REF, name, slot="s1", state_dir=tmp_path / "other")  # a rebalance mid-restore
+    more = make_events(4000, keys=40_000, seed_offset=len(events))
+    inject(kafka.bootstrap, p, more)
+    wait_until(lambda: count_outputs(kafka.bootstrap, f"{name}.counts") >= len(events) + len(more), 120,
+               "the counts after the restore")
+    assert w.stop() == 0 and other.stop() == 0
+    first = w.log().split("restoring ")[1]  # the restarted worker does not restore partition 0 again
+    assert "resuming after" in first or ".changelog[0]" not in first, first
+    check_exact_counts(kafka.bootstrap, f"{name}.counts", Counter(k for k, _ in events + more))

@@ -2,6 +2,7 @@
 test gets fresh topics and consumer groups."""
 
 import os
+import time
 
 from kwheel import Computation, Input, Pipeline
 
@@ -22,6 +23,18 @@ class Flaky(Counter):
             raise ValueError(f"poisoned record {record.value.get('seq')}")
         if record.value.get("bloat"):  # an output far larger than the broker takes
             ctx.produce("counts", ctx.key, {"key": ctx.key, "blob": "x" * 2_000_000})
+        super().process_record(ctx, record)
+
+
+class Sluggish(Counter):
+    """Counts, but the first call on a record with ``"slow": <seconds>`` sleeps that long: a
+    user function slower than the transaction timeout, once (the marker file remembers)."""
+
+    def process_record(self, ctx, record):
+        mark = os.environ.get("KWHEEL_TEST_SLOW_MARK")
+        if record.value.get("slow") and mark and not os.path.exists(mark):
+            open(mark, "w").close()
+            time.sleep(record.value["slow"])
         super().process_record(ctx, record)
 
 
@@ -70,3 +83,12 @@ def flaky_count_dlq(name: str | None = None) -> Pipeline:
 def keyed_count_one_partition(name: str | None = None) -> Pipeline:
     """keyed_count on a single partition (for tests that delete records at one position)."""
     return keyed_count(name, partitions=1)
+
+
+def sluggish_count(name: str | None = None) -> Pipeline:
+    """keyed_count whose counter is once slower than the transaction timeout."""
+    p = Pipeline(name or _name())
+    p.stream("events", partitions=2, value="json", source=True)
+    p.stream("counts", partitions=2, value="json")
+    p.computation("counter", Sluggish, inputs=["events"], outputs=["counts"])
+    return p
