@@ -76,12 +76,19 @@ class KeyState:
     def snapshot(self) -> dict:
         return self._data
 
+    def release(self) -> None:
+        """The task took the data: a later write copies it first."""
+        self._owned = False
+
     def __repr__(self) -> str:
         return f"KeyState({self._data!r})"
 
 
 class TaskContext:
-    """One per task, re-aimed at each record or timer (no per-call allocation of a context)."""
+    """One per task, re-aimed at each record or timer (no per-call allocation of a context).
+
+    ``outputs`` collects the encoded outputs of every call of the batch until the task hands
+    them to Kafka; the task truncates it back when a call fails."""
 
     __slots__ = ("key", "state", "_writer", "_parent_id", "_n", "outputs", "_default_ts", "low_watermark",
                  "_keytag", "timer_ops")
@@ -106,8 +113,6 @@ class TaskContext:
         self._parent_id = parent_id
         self._n = 0
         self._default_ts = default_ts
-        if self.outputs:
-            self.outputs = []
         if self.timer_ops:
             self.timer_ops = []
 

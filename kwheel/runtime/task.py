@@ -42,10 +42,20 @@ log = logging.getLogger("kwheel.task")
 ERROR_HEADER = "kwheel.error"
 SOURCE_HEADER = "kwheel.source"
 MAX_CACHED_KEYS = 200_000
+MAX_DECODED_KEYS = 100_000  # raw input keys -> (key, tag), per input
 MAX_FIRES_PER_TICK = 100_000
 MAX_ID_BYTES = 64  # longer foreign ids are hashed down
 _WATERMARK_VALUE = struct.Struct(">qq")  # input watermark, timer fire sequence
 _DOMAIN_NAMES = {EVENT: "event", WALL: "wall"}
+# State made only of these is kept decoded between calls: no call can change it in place.
+_IMMUTABLE = frozenset({int, float, str, bytes, bool, type(None)})
+
+
+def _immutable(d: dict) -> bool:
+    for v in d.values():
+        if type(v) not in _IMMUTABLE:
+            return False
+    return True
 
 
 @dataclass
@@ -63,13 +73,24 @@ class TaskCounters:
 class _Input:
     """How to read one input topic of the task."""
 
-    __slots__ = ("topic", "stream", "decode_key", "decode_value")
+    __slots__ = ("topic", "stream", "decode_key", "decode_value", "keys")
 
     def __init__(self, ti: TaskInput):
         self.topic = ti.topic
         self.stream = ti.stream.name
         self.decode_key = layout.key_from_tag if ti.repartitioned else ti.stream.key_serde.decode
         self.decode_value = ti.stream.value_serde.decode
+        self.keys: dict[bytes, tuple[Key, bytes]] = {}  # raw key -> (key, tag): decoded once
+
+    def key(self, raw: bytes) -> tuple[Key, bytes]:
+        hit = self.keys.get(raw)
+        if hit is None:
+            key = self.decode_key(raw)
+            hit = (key, layout.key_tag(key))
+            if len(self.keys) >= MAX_DECODED_KEYS:
+                self.keys.clear()
+            self.keys[raw] = hit
+        return hit
 
 
 class Task:
@@ -97,11 +118,13 @@ class Task:
         self.output_watermark = MIN_WATERMARK
         self._fire_seq = 0
         self._watermark_dirty = False
-        # Encoded state in front of RocksDB: committed values, and this batch's changes.
-        # Each call decodes its own copy, so nothing user code keeps or mutates in place
-        # can leak into another call, a replay, or the store.
-        self._clean: dict[bytes, bytes | None] = {}
-        self._dirty: dict[bytes, bytes | None] = {}
+        # State in front of RocksDB: committed values, and this batch's changes. A value is
+        # kept encoded (each call decodes its own copy) unless it holds only immutable
+        # values: then the dict itself is shared, and KeyState copies it on first write.
+        # Either way nothing user code keeps or mutates in place can leak into another
+        # call, a replay, or the store.
+        self._clean: dict[bytes, bytes | dict | None] = {}
+        self._dirty: dict[bytes, bytes | dict | None] = {}
         self._pending_ids: dict[bytes, int] = {}
         self._bloom = Bloom(100_000, 0.01)
         self._in_txn = False
@@ -191,71 +214,104 @@ class Task:
         comp = self.computation
         counters = self.counters
         watermark = self.input_watermark
+        txn_first = self._txn_first
+        txn_next = self._txn_next
+        outputs = ctx.outputs
+        process_record = comp.process_record
+        has_seen = self.store.has_seen
+        processed = late = 0
         for m in messages:
             topic = m.topic()
             offset = m.offset()
-            if topic not in self._txn_first:
-                self._txn_first[topic] = offset
-            self._txn_next[topic] = offset + 1
-            self._txn_records += 1
+            if topic not in txn_first:
+                txn_first[topic] = offset
+            txn_next[topic] = offset + 1
             inp = inputs[topic]
-            rid = _record_id(m)
-            if rid in pending_ids or (rid in bloom and self.store.has_seen(rid)):
+            headers = m.headers()
+            if headers and headers[0][0] == ID_HEADER and 0 < len(headers[0][1]) <= MAX_ID_BYTES:
+                rid = headers[0][1]
+            else:
+                rid = _record_id(m)
+            if rid in pending_ids or (rid in bloom and has_seen(rid)):
                 counters.duplicates += 1
                 continue
             key = None
+            mark = len(outputs)
             try:
                 raw_key = m.key()
                 if raw_key is None:
                     raise ValueError("record has no key (keyed inputs need one)")
-                key = inp.decode_key(raw_key)
+                key, tag = inp.key(raw_key)
                 value = inp.decode_value(m.value())
                 ts = m.timestamp()[1]
                 record = Record(key, value, ts, rid, inp.stream, ts < watermark)
-                tag = layout.key_tag(key)
                 state = KeyState(self._load(tag))
                 ctx.begin(key, tag, state, rid, ts)
-                comp.process_record(ctx, record)
+                process_record(ctx, record)
             except Exception as e:  # user code and decoding: the error policy decides
+                del outputs[mark:]
                 where = f"{topic}[{m.partition()}]@{offset}"
                 self._failed(f"failed on key {key!r} at {where}", e, m.key(), m.value(), m.timestamp()[1], rid, where)
                 pending_ids[rid] = m.timestamp()[1]  # dead-lettered: a re-sent copy is a duplicate
                 bloom.add(rid)
                 continue
-            self._succeeded(tag, state)
+            if state.changed or ctx.timer_ops:
+                self._succeeded(tag, state)
             pending_ids[rid] = ts
             bloom.add(rid)
-            counters.processed += 1
+            processed += 1
             if record.late:
-                counters.late += 1
+                late += 1
+        self._txn_records += len(messages)
+        counters.processed += processed
+        counters.late += late
+        self._send_outputs()
 
     def _succeeded(self, tag: bytes, state: KeyState) -> None:
-        """Make one call's effects part of the batch (they were held back until it returned)."""
+        """Make one call's state and timer changes part of the batch (they were held back
+        until it returned; its outputs wait in ``ctx.outputs``)."""
         ctx = self.ctx
         if state.changed:
             d = state.snapshot()
-            self._dirty[tag] = layout.encode_state(d) if d else None
+            state.release()  # a KeyState kept by user code copies again before writing
+            self._dirty[tag] = (d if _immutable(d) else layout.encode_state(d)) if d else None
         if ctx.timer_ops:
             for tkey, value in ctx.timer_ops:
                 self.timers.apply(tkey, value)
-        if ctx.outputs:
+
+    def _send_outputs(self) -> None:
+        """Hand the batch's collected outputs to librdkafka."""
+        outputs = self.ctx.outputs
+        if outputs:
             try:
-                send(self.producer, ctx.outputs)
+                send(self.producer, outputs)
             except KafkaException as e:
                 raise self._producer_failed(e) from None
+            outputs.clear()
 
     def _load(self, tag: bytes) -> dict:
-        """A fresh copy of the key's state: this batch's, else the committed one."""
-        if tag in self._dirty:
-            raw = self._dirty[tag]
-        elif tag in self._clean:
-            raw = self._clean[tag]
+        """The key's state: this batch's, else the committed one; shared only when immutable."""
+        dirty = self._dirty
+        if tag in dirty:
+            raw = dirty[tag]
         else:
-            raw = self.store.get(layout.STATE + tag)
-            if len(self._clean) >= MAX_CACHED_KEYS:
-                self._clean.clear()
-            self._clean[tag] = raw
-        return layout.decode_state(raw) if raw is not None else {}
+            clean = self._clean
+            if tag in clean:
+                raw = clean[tag]
+            else:
+                raw = self.store.get(layout.STATE + tag)
+                if raw is not None:
+                    d = layout.decode_state(raw)
+                    if _immutable(d):
+                        raw = d
+                if len(clean) >= MAX_CACHED_KEYS:
+                    clean.clear()
+                clean[tag] = raw
+        if raw is None:
+            return {}
+        if type(raw) is dict:
+            return raw
+        return layout.decode_state(raw)
 
     def _failed(self, what: str, e: Exception, key: bytes | None, value: bytes | None, ts: int, rid: bytes, where: str) -> None:
         msg = f"computation {self.spec.name!r} {what}: {type(e).__name__}: {e}"
@@ -292,6 +348,7 @@ class Task:
                         continue  # deleted or moved by an earlier timer of this round
                     self._fire(tkey, ts, domain)
                     fired += 1
+        self._send_outputs()
         return fired
 
     def _fire(self, tkey: bytes, ts: int, domain: bytes) -> None:
@@ -304,9 +361,11 @@ class Task:
         rid = blake2b(tkey + self._fire_seq.to_bytes(8, "big"), digest_size=ids.ID_BYTES).digest()
         state = KeyState(self._load(keytag))
         self.ctx.begin(key, keytag, state, rid, ts)
+        mark = len(self.ctx.outputs)
         try:
             self.computation.process_timer(self.ctx, Timer(key, tag, ts, _DOMAIN_NAMES[domain]))
         except Exception as e:
+            del self.ctx.outputs[mark:]
             what = f"failed in timer {tag!r} ({_DOMAIN_NAMES[domain]} {ts}) of key {key!r}"
             body = json.dumps({"timer": tag, "timestamp": ts, "domain": _DOMAIN_NAMES[domain]}).encode()
             self._failed(what, e, keytag[1:], body, ts, rid, f"{self.name} timer {tag!r}")
@@ -329,7 +388,10 @@ class Task:
         if self._in_txn and self._expired():
             return
         self._begin()
-        changes: list[tuple[bytes, bytes | None]] = [(layout.STATE + tag, v) for tag, v in self._dirty.items()]
+        self._send_outputs()
+        encode = layout.encode_state
+        changes: list[tuple[bytes, bytes | None]] = [
+            (layout.STATE + tag, encode(v) if type(v) is dict else v) for tag, v in self._dirty.items()]
         changes.extend(self.timers.changes.items())
         next_batch = self._next_batch
         new_batch = None

@@ -152,11 +152,13 @@ PARENT = b"\x11" * 16
 
 
 def run(ctx: TaskContext, parent: bytes) -> list:
+    """One call's outputs (the context collects the whole batch's)."""
+    mark = len(ctx.outputs)
     ctx.begin("user-1", key_tag("user-1"), KeyState({}), parent, 1000)
     ctx.produce("raw", b"k", b"v1")
     ctx.produce("raw", b"k", b"v2")
     ctx.produce("raw", b"k", b"v3")
-    return ctx.outputs
+    return ctx.outputs[mark:]
 
 
 def test_produce_ids_are_derived_from_parent_in_order(ctx):
@@ -177,13 +179,13 @@ def test_different_parent_gives_different_ids(ctx):
     assert not a & b
 
 
-def test_begin_resets_outputs_and_counter(ctx):
+def test_begin_keeps_the_batch_outputs_and_resets_the_counter(ctx):
     run(ctx, PARENT)
     ctx.begin("user-2", key_tag("user-2"), KeyState({}), PARENT, 5)
-    assert ctx.outputs == []
+    assert len(ctx.outputs) == 3
     assert ctx.key == "user-2"
     ctx.produce("raw", b"k", b"v")
-    assert ctx.outputs[0][4] == derive(PARENT, 0)
+    assert ctx.outputs[3][4] == derive(PARENT, 0)
 
 
 def test_produce_encodes_with_stream_serdes_and_default_timestamp(ctx):
