@@ -156,3 +156,11 @@ def test_configure_installs_one_handler_at_the_level():
     finally:
         root.handlers[:] = saved[0]
         root.setLevel(saved[1])
+
+
+def test_librdkafka_logs_go_through_logging_in_json_format_only():
+    from kwheel.config import WorkerConfig
+    from kwheel.kafka import clients
+
+    assert clients.base_config(WorkerConfig(log_format="json"))["logger"] is logging.getLogger("kwheel.librdkafka")
+    assert "logger" not in clients.group_consumer_config(WorkerConfig(), "g", None)
