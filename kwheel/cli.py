@@ -1,8 +1,7 @@
-"""The ``kwheel`` command line: worker, topics, inject."""
+"""The ``kwheel`` command line: worker, inject, topics, status, config."""
 
 from __future__ import annotations
 
-import logging
 import sys
 from pathlib import Path
 from typing import Optional
@@ -16,17 +15,20 @@ from .loader import load_pipeline
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="kwheel: MillWheel-style stream processing on Kafka.")
 topics_app = typer.Typer(no_args_is_help=True, help="Create or check the topics a pipeline needs.")
 app.add_typer(topics_app, name="topics")
+config_app = typer.Typer(no_args_is_help=True, help="Show the effective configuration.")
+app.add_typer(config_app, name="config")
 
 PIPELINE_HELP = "The pipeline as module:attribute, e.g. examples.keyed_count:pipeline"
 Bootstrap = typer.Option(None, "--bootstrap-servers", "-b", help="Kafka host:port[,host:port] (env KWHEEL_BOOTSTRAP_SERVERS)")
+ConfigFile = typer.Option(None, "--config", help="TOML config file (env KWHEEL_CONFIG); flags and KWHEEL_* variables override it")
+LogLevel = typer.Option(None, "--log-level", help="DEBUG, INFO, WARNING or ERROR (env KWHEEL_LOG_LEVEL)")
+LogFormat = typer.Option(None, "--log-format", help="text or json: one JSON object per log line (env KWHEEL_LOG_FORMAT)")
 
 
-def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+def _setup_logging(cfg: WorkerConfig) -> None:
+    from .logs import configure
+
+    configure(cfg.log_level, cfg.log_format, cfg.slot)
 
 
 @app.command()
@@ -40,7 +42,10 @@ def worker(
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Max input records per task transaction (env KWHEEL_BATCH_SIZE)"),
     commit_interval_ms: Optional[int] = typer.Option(None, "--commit-interval-ms", help="Commit at least this often (env KWHEEL_COMMIT_INTERVAL_MS)"),
     offset_reset: Optional[str] = typer.Option(None, "--offset-reset", help="earliest, latest or fail: where to resume when input records were deleted before being processed (env KWHEEL_OFFSET_RESET)"),
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    config: Optional[Path] = ConfigFile,
+    log_level: Optional[str] = LogLevel,
+    log_format: Optional[str] = LogFormat,
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Same as --log-level DEBUG"),
 ) -> None:
     """Join the consumer groups of the pipeline's computations and process until SIGTERM."""
     import signal
@@ -48,22 +53,22 @@ def worker(
     # Until the worker loop takes over (it finishes the batch and commits), a stop request
     # simply ends the process: nothing has been processed yet.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    _setup_logging(verbose)
     cfg = WorkerConfig.from_env(
-        bootstrap_servers=bootstrap_servers, state_dir=state_dir, slot=slot,
+        config_file=config, bootstrap_servers=bootstrap_servers, state_dir=state_dir, slot=slot,
         batch_size=batch_size, commit_interval_ms=commit_interval_ms, offset_reset=offset_reset,
+        log_level="DEBUG" if verbose else log_level, log_format=log_format,
     )
+    _setup_logging(cfg)
     p = load_pipeline(pipeline)
     if processes > 1:
         from .runtime.supervisor import run_processes
 
         child = [pipeline, "--bootstrap-servers", cfg.bootstrap_servers, "--state-dir", str(cfg.state_dir),
                  "--batch-size", str(cfg.batch_size), "--commit-interval-ms", str(cfg.commit_interval_ms),
-                 "--offset-reset", cfg.offset_reset]
+                 "--offset-reset", cfg.offset_reset, "--log-level", cfg.log_level, "--log-format", cfg.log_format]
+        child += ["--config", str(config)] if config else []
         for c in computation or []:
             child += ["--computation", c]
-        if verbose:
-            child.append("--verbose")
         raise typer.Exit(run_processes(processes, child, cfg.slot))
     from .runtime.worker import Worker
 
@@ -80,17 +85,22 @@ def inject(
     processes: int = typer.Option(1, "--processes", "-p", min=1, help="Start this many injector processes here"),
     slot: Optional[str] = typer.Option(None, "--slot", help="Stable id prefix (static group membership for topic sources)"),
     final: bool = typer.Option(True, "--final/--no-final", help="When the source ends, declare the stream finished (watermark to the end)"),
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    config: Optional[Path] = ConfigFile,
+    log_level: Optional[str] = LogLevel,
+    log_format: Optional[str] = LogFormat,
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Same as --log-level DEBUG"),
 ) -> None:
     """Run a declared injector: send its records and publish its low watermark."""
-    _setup_logging(verbose)
-    cfg = WorkerConfig.from_env(bootstrap_servers=bootstrap_servers, slot=slot)
+    cfg = WorkerConfig.from_env(config_file=config, bootstrap_servers=bootstrap_servers, slot=slot,
+                                log_level="DEBUG" if verbose else log_level, log_format=log_format)
+    _setup_logging(cfg)
     p = load_pipeline(pipeline)
     if processes > 1:
         from .runtime.supervisor import run_processes
 
-        child = [pipeline, name, "--bootstrap-servers", cfg.bootstrap_servers, "--final" if final else "--no-final"]
-        child += ["--verbose"] if verbose else []
+        child = [pipeline, name, "--bootstrap-servers", cfg.bootstrap_servers, "--final" if final else "--no-final",
+                 "--log-level", cfg.log_level, "--log-format", cfg.log_format]
+        child += ["--config", str(config)] if config else []
         raise typer.Exit(run_processes(processes, child, cfg.slot, command="inject"))
     from .kafka.clients import wait_for_broker
     from .runtime.inject import run_injector
@@ -99,10 +109,10 @@ def inject(
     run_injector(p, name, cfg, instance, instances, final=final)
 
 
-def _admin(bootstrap_servers: Optional[str]):
+def _admin(bootstrap_servers: Optional[str], config: Optional[Path]):
     from .kafka.clients import wait_for_broker
 
-    cfg = WorkerConfig.from_env(bootstrap_servers=bootstrap_servers)
+    cfg = WorkerConfig.from_env(config_file=config, bootstrap_servers=bootstrap_servers)
     return wait_for_broker(cfg)
 
 
@@ -111,22 +121,24 @@ def topics_create(
     pipeline: str = typer.Argument(..., help=PIPELINE_HELP),
     bootstrap_servers: Optional[str] = Bootstrap,
     replication: int = typer.Option(1, "--replication", min=1, help="Replication factor of new topics"),
+    config: Optional[Path] = ConfigFile,
 ) -> None:
     """Create every missing topic (streams, changelogs, repartitions), then check them all."""
     from .kafka.topics import create_topics
 
     p = load_pipeline(pipeline)
-    created = create_topics(_admin(bootstrap_servers), p, replication)
+    created = create_topics(_admin(bootstrap_servers, config), p, replication)
     typer.echo(f"{len(created)} topics created, {len(p.topics())} checked for pipeline {p.name!r}")
 
 
 @topics_app.command("check")
-def topics_check(pipeline: str = typer.Argument(..., help=PIPELINE_HELP), bootstrap_servers: Optional[str] = Bootstrap) -> None:
+def topics_check(pipeline: str = typer.Argument(..., help=PIPELINE_HELP), bootstrap_servers: Optional[str] = Bootstrap,
+                 config: Optional[Path] = ConfigFile) -> None:
     """Verify every topic exists with the right partitions and cleanup policy."""
     from .kafka.topics import check_topics
 
     p = load_pipeline(pipeline)
-    check_topics(_admin(bootstrap_servers), p)
+    check_topics(_admin(bootstrap_servers, config), p)
     typer.echo(f"all {len(p.topics())} topics of pipeline {p.name!r} are in place")
 
 
@@ -135,6 +147,7 @@ def status(
     pipeline: str = typer.Argument(..., help=PIPELINE_HELP),
     bootstrap_servers: Optional[str] = Bootstrap,
     as_json: bool = typer.Option(False, "--json", help="Print JSON for machines instead of a table"),
+    config: Optional[Path] = ConfigFile,
 ) -> None:
     """Per computation and task: consumer lag, low watermark and its lag behind the clock,
     records/s, records processed, dedup drops, late records, pending timers."""
@@ -143,8 +156,31 @@ def status(
     from .status import collect, render
 
     p = load_pipeline(pipeline)
-    st = collect(p, WorkerConfig.from_env(bootstrap_servers=bootstrap_servers))
+    st = collect(p, WorkerConfig.from_env(config_file=config, bootstrap_servers=bootstrap_servers))
     typer.echo(json.dumps(st, indent=2) if as_json else render(st))
+
+
+@config_app.command("show")
+def config_show(
+    config: Optional[Path] = ConfigFile,
+    bootstrap_servers: Optional[str] = Bootstrap,
+    as_json: bool = typer.Option(False, "--json", help="Print JSON for machines instead of a table"),
+) -> None:
+    """Print the effective settings, where each comes from (default, file, env, flag), secrets masked."""
+    import json
+
+    from .config import config_path, describe, load
+
+    path = config_path(config_file=config)
+    settings = describe(*load(config_file=config, bootstrap_servers=bootstrap_servers))
+    if as_json:
+        typer.echo(json.dumps({"config_file": path and str(path), "settings": settings}, indent=2))
+        return
+    typer.echo(f"config file: {path if path else 'none'}")
+    width = max(map(len, settings))
+    for name, s in settings.items():
+        value = "unset" if s["value"] is None else s["value"]
+        typer.echo(f"{name:<{width}}  {s['source']:<7}  {value}")
 
 
 def main() -> None:

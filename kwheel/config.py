@@ -1,14 +1,23 @@
-"""Worker configuration: defaults, ``KWHEEL_*`` environment variables, flags; fail fast on bad values."""
+"""Worker configuration: defaults < TOML file < ``KWHEEL_*`` environment < flags; fail fast on bad values."""
 
 from __future__ import annotations
 
+import difflib
+import json
 import os
+import re
+import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from types import UnionType
+from typing import Union, get_args, get_origin, get_type_hints
 
 from .errors import ConfigError
 
 ENV_PREFIX = "KWHEEL_"
+CONFIG_ENV = ENV_PREFIX + "CONFIG"  # path of the TOML config file, unless --config gives one
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
 @dataclass
@@ -30,6 +39,9 @@ class WorkerConfig:
     offset_reset: str = "earliest"
     # How long to keep retrying an unreachable broker or missing topics before giving up.
     startup_timeout_s: float = 30.0
+    # Logs go to stderr: at this level and up, as "text" lines or "json" objects (kwheel.logs).
+    log_level: str = "INFO"
+    log_format: str = "text"
     # Extra librdkafka settings passed to every client (security.protocol, sasl.*, ...).
     kafka: dict[str, str] = field(default_factory=dict)
 
@@ -48,36 +60,220 @@ class WorkerConfig:
             raise ConfigError(f"config offset_reset: must be earliest, latest or fail, got {self.offset_reset!r}")
         if self.slot is not None and (not self.slot or any(c.isspace() for c in self.slot)):
             raise ConfigError(f"config slot: must be a non-empty name without spaces, got {self.slot!r}")
+        if not isinstance(self.log_level, str) or self.log_level.upper() not in LOG_LEVELS:
+            raise ConfigError(f"config log_level: must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
+        self.log_level = self.log_level.upper()
+        if self.log_format not in ("text", "json"):
+            raise ConfigError(f"config log_format: must be text or json, got {self.log_format!r}")
 
     @classmethod
-    def from_env(cls, env: dict[str, str] | None = None, **overrides: object) -> WorkerConfig:
-        """Defaults < ``KWHEEL_<FIELD>`` environment < explicit overrides (flags)."""
-        env = os.environ if env is None else env
-        values: dict[str, object] = {}
-        for f in fields(cls):
-            raw = env.get(ENV_PREFIX + f.name.upper())
-            if raw is None or f.name == "kafka":
-                continue
-            values[f.name] = _parse(f.name, raw, f.type)
-        kafka = {
-            k[len(ENV_PREFIX + "KAFKA_"):].lower().replace("_", "."): v
-            for k, v in env.items()
-            if k.startswith(ENV_PREFIX + "KAFKA_")
-        }
-        if "bootstrap.servers" in kafka:
-            raise ConfigError("set KWHEEL_BOOTSTRAP_SERVERS, not KWHEEL_KAFKA_BOOTSTRAP_SERVERS")
-        values["kafka"] = kafka
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values)  # type: ignore[arg-type]
+    def from_env(cls, env: Mapping[str, str] | None = None, config_file: str | Path | None = None,
+                 **overrides: object) -> WorkerConfig:
+        """Defaults < config file < ``KWHEEL_<FIELD>`` environment < explicit overrides (flags).
+
+        The file is ``config_file``, else ``KWHEEL_CONFIG`` from ``env``, else none."""
+        return load(env, config_file, cls, **overrides)[0]
 
 
-def _parse(name: str, raw: str, typ: object) -> object:
-    t = str(typ)
+def load(env: Mapping[str, str] | None = None, config_file: str | Path | None = None,
+         cls: type[WorkerConfig] | None = None, **overrides: object) -> tuple[WorkerConfig, dict[str, str]]:
+    """The config, and where each value came from: field name (or ``kafka.<key>`` for a
+    pass-through setting) -> ``default``, ``file``, ``env`` or ``flag``.
+
+    Everything is derived from WorkerConfig's fields and their types, so a new field is
+    read from the file and from ``KWHEEL_<FIELD>`` without further code."""
+    cls = cls or WorkerConfig
+    env = os.environ if env is None else env
+    path = config_path(env, config_file)
+    hints = get_type_hints(cls)
+    values: dict[str, object] = {}
+    sources: dict[str, str] = {f.name: "default" for f in fields(cls)}
+    origin: dict[str, str] = {}  # field -> what set it, for error messages
+    tables: dict[str, dict[str, str]] = {n: {} for n, t in hints.items() if get_origin(t) is dict}
+
+    if path is not None:
+        for name, value in _read_file(path, hints).items():
+            if name in tables:
+                for k, v in value.items():
+                    tables[name][k] = v
+                    sources[f"{name}.{k}"] = "file"
+            else:
+                values[name], sources[name], origin[name] = value, "file", f"config file {str(path)!r}"
+
+    env_names = {ENV_PREFIX + n.upper() for n in hints}
+    for name, typ in hints.items():
+        var = ENV_PREFIX + name.upper()
+        if name in tables:
+            prefix = var + "_"
+            for k, v in env.items():
+                if k.startswith(prefix) and k not in env_names:
+                    key = k[len(prefix):].lower().replace("_", ".")
+                    tables[name][key] = str(v)
+                    sources[f"{name}.{key}"] = "env"
+        elif var in env:
+            values[name] = _convert(typ, env[var], text=True, where=f"{var}={env[var]!r}")
+            sources[name], origin[name] = "env", var
+    if sources.get("kafka.bootstrap.servers") == "env":
+        raise ConfigError("set KWHEEL_BOOTSTRAP_SERVERS, not KWHEEL_KAFKA_BOOTSTRAP_SERVERS")
+    if sources.get("kafka.bootstrap.servers") == "file":
+        raise ConfigError(f"config file {str(path)!r}: set bootstrap_servers, not bootstrap.servers in [kafka]")
+    values.update(tables)
+
+    for name, value in overrides.items():
+        if value is None:
+            continue
+        values[name] = value
+        sources[name], origin[name] = "flag", "--" + name.replace("_", "-")
+        if name in tables:  # a whole table from the caller replaces the file's and env's
+            sources = {k: s for k, s in sources.items() if not k.startswith(name + ".")}
+            sources.update({f"{name}.{k}": "flag" for k in value})  # type: ignore[attr-defined]
     try:
-        if t.startswith("int"):
-            return int(raw)
-        if t.startswith("float"):
-            return float(raw)
-    except ValueError:
-        raise ConfigError(f"{ENV_PREFIX}{name.upper()}={raw!r}: expected a number") from None
-    return raw
+        return cls(**values), sources  # type: ignore[arg-type]
+    except ConfigError as e:
+        m = re.match(r"config (\w+):", str(e))
+        where = origin.get(m.group(1)) if m else None
+        raise ConfigError(f"{e} (from {where})" if where else str(e)) from None
+
+
+def config_path(env: Mapping[str, str] | None = None, config_file: str | Path | None = None) -> Path | None:
+    """The config file to read: ``config_file`` (``--config``), else ``KWHEEL_CONFIG``, else none."""
+    env = os.environ if env is None else env
+    path = config_file if config_file is not None else env.get(CONFIG_ENV) or None
+    return None if path is None else Path(path)
+
+
+def _read_file(path: Path, hints: dict[str, object]) -> dict[str, object]:
+    """The settings of a TOML file, converted to the fields' types; any problem is a
+    ConfigError naming the file, the key and what was expected."""
+    where = f"config file {str(path)!r}"
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as e:
+        raise ConfigError(f"{where}: cannot read it ({e.strerror or e})") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{where}: not valid TOML: {e}") from None
+    out: dict[str, object] = {}
+    for name, value in data.items():
+        typ = hints.get(name)
+        if typ is None:
+            close = difflib.get_close_matches(name, hints, n=1)
+            hint = f"did you mean {close[0]!r}?" if close else "expected one of " + ", ".join(hints)
+            raise ConfigError(f"{where}: unknown key {name!r} ({hint})")
+        if get_origin(typ) is dict:
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}: {name} must be a table ([{name}]), got {json.dumps(value, default=str)}")
+            out[name] = {k: _table_value(v, f"{where}: {name}.{k}") for k, v in _flatten(value).items()}
+        else:
+            out[name] = _convert(typ, value, text=False, where=f"{where}: {name} = {json.dumps(value, default=str)}")
+    return out
+
+
+def _flatten(table: dict[str, object], prefix: str = "") -> dict[str, object]:
+    """``security.protocol = ...`` in TOML is a nested table; librdkafka wants the dotted name."""
+    out: dict[str, object] = {}
+    for k, v in table.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
+def _table_value(value: object, where: str) -> str:
+    """Pass-through settings are strings for librdkafka; TOML numbers and booleans are accepted."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (str, int, float)):
+        return str(value)
+    raise ConfigError(f"{where} = {json.dumps(value, default=str)}: expected a string, number or boolean")
+
+
+_TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
+
+
+def _convert(typ: object, value: object, *, text: bool, where: str) -> object:
+    """``value`` as ``typ`` (int, float, bool, str, Path, or one of them ``| None``).
+    Environment values are text (``text=True``; empty means None for optional fields);
+    file values are TOML-typed and must match."""
+    if get_origin(typ) in (UnionType, Union):
+        inner = [a for a in get_args(typ) if a is not type(None)]
+        if text and value == "":
+            return None
+        typ = inner[0]
+    if text:
+        value = str(value)
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        if text and value.lower() in _TRUE | _FALSE:  # type: ignore[union-attr]
+            return value.lower() in _TRUE  # type: ignore[union-attr]
+        raise ConfigError(f"{where}: expected true or false")
+    if typ is int:
+        try:
+            if text:
+                return int(value)  # type: ignore[arg-type]
+        except ValueError:
+            pass
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected an integer")
+    if typ is float:
+        try:
+            if text:
+                return float(value)  # type: ignore[arg-type]
+        except ValueError:
+            pass
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{where}: expected a number")
+    if typ in (str, Path):
+        if isinstance(value, str):
+            return typ(value)  # type: ignore[operator]
+        raise ConfigError(f"{where}: expected a string")
+    raise TypeError(f"WorkerConfig field of unsupported type {typ!r}")  # a programming error
+
+
+# ---- showing the config ---------------------------------------------------------------------
+
+MASK = "***"
+_SECRET_WORDS = ("password", "secret", "token", "credential", "jaas", "basic.auth", "user.info", "userinfo")
+
+
+def is_secret(name: str) -> bool:
+    """Whether a setting's value must not be shown: passwords, secrets, tokens, private keys
+    (``ssl.key.*``), OAUTHBEARER settings, schema-registry basic auth, JAAS configs."""
+    n = name.lower().replace("_", ".")
+    return (any(w in n for w in _SECRET_WORDS) or "key" in n.split(".")
+            or n.startswith("sasl.oauthbearer") or ".sasl.oauthbearer" in n)
+
+
+def masked(name: str, value: object) -> object:
+    """``value`` fit to print: secrets replaced by ``***``, and the password of a URL's
+    ``user:password@`` too."""
+    if value is None:
+        return None
+    if is_secret(name):
+        return MASK
+    if isinstance(value, str):
+        return _URL_PASSWORD.sub(r"\1" + MASK + "@", value)
+    return value
+
+
+_URL_PASSWORD = re.compile(r"(\w+://[^/@:\s]*:)[^/@\s]*@")
+
+
+def describe(cfg: WorkerConfig, sources: dict[str, str]) -> dict[str, dict[str, object]]:
+    """Every setting with its value (masked, JSON-friendly) and source, in field order;
+    pass-through tables flattened to ``kafka.<key>``."""
+    out: dict[str, dict[str, object]] = {}
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        if isinstance(value, dict):
+            for k in sorted(value):
+                full = f"{f.name}.{k}"
+                out[full] = {"value": masked(k, value[k]), "source": sources.get(full, "default")}
+            continue
+        shown = str(value) if isinstance(value, Path) else value
+        out[f.name] = {"value": masked(f.name, shown), "source": sources.get(f.name, "default")}
+    return out

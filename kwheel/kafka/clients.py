@@ -14,12 +14,15 @@ from ..errors import BrokerError
 
 # Java-compatible key hashing: keys land where Kafka Streams and Java producers put them.
 PARTITIONER = "murmur2_random"
+KAFKA_LOG = logging.getLogger("kwheel.librdkafka")
 
 log = logging.getLogger("kwheel.kafka")
 
 
 def base_config(cfg: WorkerConfig) -> dict:
     conf = {"bootstrap.servers": cfg.bootstrap_servers, "log_level": 3}
+    if cfg.log_format == "json":  # librdkafka's own lines through logging: JSON too
+        conf["logger"] = KAFKA_LOG
     conf.update(cfg.kafka)
     return conf
 

@@ -11,6 +11,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from ..config import WorkerConfig
 from ..errors import BrokerError, FencedError
 from ..kafka import clients
+from ..logs import about, scoped
 from ..pipeline import Pipeline
 from ..watermarks.control import TASK, Control, task_producer_id
 from ..watermarks.transport import WatermarkPublisher
@@ -71,7 +72,7 @@ class ComputationRunner:
             for p in fresh:
                 starts = {t: self._committed.get((t, p), 0) for t in self.topics}
                 log.info("%s: assigned and ready (restored %d records; starts at %s)",
-                         self.tasks[p].name, self.tasks[p].counters.restored, starts)
+                         self.tasks[p].name, self.tasks[p].counters.restored, starts, extra=about(self.tasks[p]))
         except Exception as e:  # raised inside librdkafka's callback: surface it from step()
             self._fatal = e
         consumer.assign(parts)
@@ -113,11 +114,11 @@ class ComputationRunner:
             try:
                 task.commit()
             except FencedError as e:
-                log.warning("%s", e)
+                log.warning("%s", e, extra=about(task))
             except Exception as e:
-                log.warning("%s: commit on revoke failed: %s", task.name, e)
+                log.warning("%s: commit on revoke failed: %s", task.name, e, extra=about(task))
             task.close()
-            log.info("%s: revoked (committed up to %s)", task.name, task.committed_offsets)
+            log.info("%s: revoked (committed up to %s)", task.name, task.committed_offsets, extra=about(task))
 
     def _on_lost(self, consumer: Consumer, parts: list[TopicPartition]) -> None:
         # Partitions lost (session expired): someone else may own them, so do not commit.
@@ -129,9 +130,10 @@ class ComputationRunner:
                 except Exception:
                     pass
                 task.close()
-                log.warning("%s: partitions lost (session expired)", task.name)
+                log.warning("%s: partitions lost (session expired)", task.name, extra=about(task))
 
     # ---- the loop ------------------------------------------------------------------------
+    @scoped
     def step(self, timeout: float) -> None:
         """Consume one batch, process it by task, and commit when a batch closes."""
         msgs = self.consumer.consume(self.cfg.batch_size, timeout)
@@ -233,8 +235,9 @@ class ComputationRunner:
         try:
             task.abort()
         except Exception as e:
-            log.warning("%s: abort failed: %s", task.name, e)
+            log.warning("%s: abort failed: %s", task.name, e, extra=about(task))
 
+    @scoped
     def close(self, commit: bool = True) -> None:
         """Commit (unless failing), then leave the group (revoke closes the tasks)."""
         if commit:

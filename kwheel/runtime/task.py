@@ -27,6 +27,7 @@ from ..config import WorkerConfig
 from ..errors import BrokerError, FencedError, RecordError
 from ..kafka import clients
 from ..kafka.writer import ID_HEADER, StreamWriter, send
+from ..logs import scoped
 from ..pipeline import ComputationSpec, Pipeline, TaskInput
 from ..record import Key, Record, Timer
 from ..state import layout
@@ -137,6 +138,7 @@ class Task:
         self._id_batches: list[tuple[int, int]] = []  # (batch, newest id timestamp): for GC
 
     # ---- lifecycle ---------------------------------------------------------------------
+    @scoped
     def open(self, incarnation: int = 1, fence_from: int = 0) -> None:
         """Fence earlier owners, then bring the store up to the end of the changelog.
 
@@ -172,6 +174,7 @@ class Task:
         self._bloom = Bloom(max(100_000, 2 * len(seen)), 0.01)
         self._bloom.update(seen)
 
+    @scoped
     def close(self) -> None:
         if self._in_txn:
             self.abort()
@@ -204,6 +207,7 @@ class Task:
             return FencedError(f"task {self.name} was fenced: another worker owns it now ({err.str()})")
         return BrokerError(f"task {self.name}: producer failed: {err.str()}")
 
+    @scoped
     def process(self, messages: list[Message]) -> None:
         """Process consumed messages of this task; raise RecordError under the stop policy."""
         self._begin()
@@ -333,6 +337,7 @@ class Task:
             self.ctx.low_watermark = upstream_watermark
             self._watermark_dirty = True
 
+    @scoped
     def fire_timers(self, wall_now_ms: int) -> int:
         """Fire due timers in time order: event timers up to the input watermark, wall timers
         up to the clock. Returns how many fired."""
@@ -381,6 +386,7 @@ class Task:
         return self.output_watermark
 
     # ---- committing --------------------------------------------------------------------
+    @scoped
     def commit(self) -> None:
         """Commit the open transaction and then apply its changes to RocksDB."""
         if not self._in_txn and not self._watermark_dirty:
@@ -489,6 +495,7 @@ class Task:
             return
         raise self._producer_failed(e) from None
 
+    @scoped
     def abort(self) -> None:
         """Abort the open transaction and rewind the consumer to replay its records."""
         if not self._in_txn:

@@ -44,7 +44,7 @@ def test_invalid_graph_is_rejected_at_load(kafka):
 
 def test_bad_config_fails_fast(kafka):
     r = kwheel("worker", "tests.pipelines.counting:keyed_count", "-b", kafka.bootstrap, env={"KWHEEL_BATCH_SIZE": "lots"})
-    assert r.returncode == 1 and "KWHEEL_BATCH_SIZE='lots': expected a number" in error_line(r)
+    assert r.returncode == 1 and "KWHEEL_BATCH_SIZE='lots': expected an integer" in error_line(r)
     r = kwheel("worker", "tests.pipelines.counting:keyed_count", "-b", kafka.bootstrap, "--batch-size", "0")
     assert r.returncode == 1 and "batch_size: must be a positive integer" in error_line(r)
     r = kwheel("worker", "tests.pipelines.counting:keyed_count", "-b", "no-port-here")

@@ -17,7 +17,7 @@ import pytest
 import typer
 
 import kwheel.cli
-from kwheel.config import ENV_PREFIX, WorkerConfig
+from kwheel.config import CONFIG_ENV, ENV_PREFIX, WorkerConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG_DOC = ROOT / "docs" / "configuration.md"
@@ -25,7 +25,7 @@ DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 # Documented variables that are not WorkerConfig fields on purpose.
 OTHER_PREFIXES = (ENV_PREFIX + "KAFKA_", ENV_PREFIX + "TEST_", ENV_PREFIX + "ZEITGEIST_", ENV_PREFIX + "BENCH_",
-                  ENV_PREFIX + "CHAOS")
+                  ENV_PREFIX + "CHAOS", CONFIG_ENV)
 FIELDS = {f.name: f for f in dataclasses.fields(WorkerConfig)}
 
 
