@@ -24,7 +24,7 @@ from rbloom import Bloom
 
 from .. import ids
 from ..config import WorkerConfig
-from ..errors import BrokerError, FencedError, RecordError
+from ..errors import BrokerError, FencedError, RecordError, RegistryError
 from ..kafka import clients
 from ..kafka.writer import ID_HEADER, StreamWriter, send
 from ..pipeline import ComputationSpec, Pipeline, TaskInput
@@ -214,6 +214,8 @@ class Task:
                 state = KeyState(self._load(tag))
                 ctx.begin(key, tag, state, rid, ts)
                 comp.process_record(ctx, record)
+            except RegistryError:  # the registry, not the record, failed: stop, never dead-letter
+                raise
             except Exception as e:  # user code and decoding: the error policy decides
                 where = f"{topic}[{m.partition()}]@{offset}"
                 self._failed(f"failed on key {key!r} at {where}", e, m.key(), m.value(), m.timestamp()[1], rid, where)
