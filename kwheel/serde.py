@@ -198,13 +198,19 @@ class AvroSerde:
         try:
             obj = fastavro.schemaless_reader(buf, writer, reader)
         except SchemaResolutionError as e:
-            raise SerdeError(f"Avro written with {what} cannot be read as {self.reader_label}: {e}") from None
+            raise SerdeError(f"Avro written with {what} cannot be read as {self.reader_label}: {_short(e)}") from None
         except Exception as e:
-            raise SerdeError(f"malformed Avro for {what}: {type(e).__name__}: {e}") from None
+            raise SerdeError(f"malformed Avro for {what}: {type(e).__name__}: {_short(e)}") from None
         left = len(data) - buf.tell()
         if left:
             raise SerdeError(f"malformed Avro for {what}: {left} bytes left over after the record")
         return obj
+
+
+def _short(e: Exception, limit: int = 200) -> str:
+    """fastavro's message, cut: its schema mismatches print both whole schemas."""
+    text = " ".join(str(e).split())
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _load_schema(source: SchemaSource) -> tuple[dict, Path | None, str]:
