@@ -14,6 +14,7 @@ from fastavro.read import SchemaResolutionError
 
 from . import registry
 from .errors import SerdeError
+from .registry import redact as _redact
 
 
 class Serde(Protocol):
@@ -108,8 +109,9 @@ class AvroSerde:
             raw, _, self.reader_label = _load_schema(reader_schema)
             self.reader_schema = _parse(raw, self.reader_label)
         self.label = label
-        if registry is not False and registry is not True and not (isinstance(registry, str) and registry):
-            raise SerdeError(f"Avro serde {label}: registry must be True or a URL, got {registry!r}")
+        if not isinstance(registry, bool) and not (isinstance(registry, str) and registry.startswith(("http://", "https://"))):
+            shown = _redact(registry) if isinstance(registry, str) else registry
+            raise SerdeError(f"Avro serde {label}: registry must be True or an http(s):// URL, got {shown!r}")
         self.registry = registry
         self.subject = subject
         self.name = f"avro+registry:{label}" if registry else f"avro:{label}"

@@ -97,9 +97,10 @@ def test_resolve_avro_registry_name():
     assert isinstance(s, AvroSerde) and s.registry is True and s.name == "avro+registry:event_v2.avsc"
 
 
-def test_registry_must_be_true_or_a_url():
-    with pytest.raises(SerdeError, match=r"registry must be True or a URL, got ''"):
-        AvroSerde(V1, registry="")
+@pytest.mark.parametrize("bad", ["", "sr.example:8081", 1])
+def test_registry_must_be_true_or_a_url(bad):
+    with pytest.raises(SerdeError, match=r"registry must be True or an http\(s\):// URL, got "):
+        AvroSerde(V1, registry=bad)
 
 
 def test_stream_binds_subjects_after_its_topic():
