@@ -42,6 +42,10 @@ class WorkerConfig:
     # Logs go to stderr: at this level and up, as "text" lines or "json" objects (kwheel.logs).
     log_level: str = "INFO"
     log_format: str = "text"
+    # Confluent schema registry of Avro serdes declared with registry=True (comma-separated
+    # URLs allowed), and its basic auth as user:password (never printed, not in repr).
+    schema_registry_url: str | None = None
+    schema_registry_auth: str | None = field(default=None, repr=False)
     # Extra librdkafka settings passed to every client (security.protocol, sasl.*, ...).
     kafka: dict[str, str] = field(default_factory=dict)
 
@@ -58,6 +62,13 @@ class WorkerConfig:
             raise ConfigError(f"config bootstrap_servers: expected host:port[,host:port], got {self.bootstrap_servers!r}")
         if self.offset_reset not in ("earliest", "latest", "fail"):
             raise ConfigError(f"config offset_reset: must be earliest, latest or fail, got {self.offset_reset!r}")
+        url = self.schema_registry_url
+        if url is not None and not all(u.strip().startswith(("http://", "https://")) for u in url.split(",")):
+            from .registry import redact
+
+            raise ConfigError(f"config schema_registry_url: expected http(s)://host:port[,...], got {redact(url)!r}")
+        if self.schema_registry_auth is not None and ":" not in self.schema_registry_auth:
+            raise ConfigError("config schema_registry_auth: expected user:password (value not shown)")
         if self.slot is not None and (not self.slot or any(c.isspace() for c in self.slot)):
             raise ConfigError(f"config slot: must be a non-empty name without spaces, got {self.slot!r}")
         if not isinstance(self.log_level, str) or self.log_level.upper() not in LOG_LEVELS:
@@ -237,7 +248,7 @@ def _convert(typ: object, value: object, *, text: bool, where: str) -> object:
 # ---- showing the config ---------------------------------------------------------------------
 
 MASK = "***"
-_SECRET_WORDS = ("password", "secret", "token", "credential", "jaas", "basic.auth", "user.info", "userinfo")
+_SECRET_WORDS = ("password", "secret", "token", "credential", "jaas", "basic.auth", "registry.auth", "user.info", "userinfo")
 
 
 def is_secret(name: str) -> bool:

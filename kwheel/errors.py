@@ -39,3 +39,8 @@ class FencedError(KwheelError):
 
 class StateError(KwheelError):
     """A local state store cannot be used (e.g. another process holds it)."""
+
+
+class RegistryError(KwheelError):
+    """The schema registry is unreachable or refused a request: not the record's fault, so
+    it stops the worker instead of going to a dead-letter stream."""

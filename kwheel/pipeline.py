@@ -103,7 +103,9 @@ class Pipeline:
         if not _positive_int(partitions):
             raise PipelineError(f"stream {name!r}: partitions must be a positive integer, got {partitions!r}")
         try:
-            s = Stream(name, topic or f"{self.name}.{name}", partitions, serdes.resolve(key), serdes.resolve(value), source)
+            t = topic or f"{self.name}.{name}"
+            s = Stream(name, t, partitions, serdes.for_topic(serdes.resolve(key), t, "key"),
+                       serdes.for_topic(serdes.resolve(value), t, "value"), source)
         except SerdeError as e:
             raise PipelineError(f"stream {name!r}: {e}") from None
         self.streams[name] = s

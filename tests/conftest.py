@@ -63,6 +63,26 @@ def kafka(tmp_path_factory):
         broker.stop()
 
 
+@pytest.fixture(scope="session")
+def schema_registry():
+    """A Confluent-compatible schema registry on a loopback port (kwheel.testing.registry:
+    no real one runs here), with basic auth to prove credentials get through."""
+    from kwheel.testing.registry import TestRegistry
+
+    with TestRegistry(auth=("kwheel", "r3g-s3cret")) as r:
+        yield r
+
+
+@pytest.fixture
+def registry_env(schema_registry) -> dict[str, str]:
+    """The registry settings as worker environment; also configured in this process."""
+    from kwheel import registry
+
+    registry.configure(schema_registry.url, "kwheel:r3g-s3cret")
+    yield {"KWHEEL_SCHEMA_REGISTRY_URL": schema_registry.url, "KWHEEL_SCHEMA_REGISTRY_AUTH": "kwheel:r3g-s3cret"}
+    registry.configure(None)
+
+
 @pytest.fixture
 def name(request) -> str:
     """A pipeline name no other test uses (so its topics and groups are fresh)."""

@@ -11,6 +11,7 @@ import time
 
 from confluent_kafka import Producer
 
+from .. import registry
 from ..config import WorkerConfig
 from ..errors import BrokerError
 from ..ids import new_id
@@ -22,6 +23,7 @@ from .writer import StreamWriter, send
 
 class StreamProducer:
     def __init__(self, pipeline: Pipeline, cfg: WorkerConfig):
+        registry.configure_from(cfg)  # Avro serdes create their registry client on first use
         self._writer = StreamWriter(pipeline)
         self._errors: list[str] = []
         conf = clients.producer_config(cfg)

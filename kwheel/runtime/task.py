@@ -24,7 +24,7 @@ from rbloom import Bloom
 
 from .. import ids
 from ..config import WorkerConfig
-from ..errors import BrokerError, FencedError, RecordError
+from ..errors import BrokerError, FencedError, RecordError, RegistryError
 from ..kafka import clients
 from ..kafka.writer import ID_HEADER, StreamWriter, send
 from ..logs import scoped
@@ -252,6 +252,8 @@ class Task:
                 state = KeyState(self._load(tag))
                 ctx.begin(key, tag, state, rid, ts)
                 process_record(ctx, record)
+            except RegistryError:  # the registry, not the record, failed: stop, never dead-letter
+                raise
             except Exception as e:  # user code and decoding: the error policy decides
                 del outputs[mark:]
                 where = f"{topic}[{m.partition()}]@{offset}"

@@ -8,6 +8,7 @@ import time
 
 from confluent_kafka import KafkaException
 
+from .. import registry
 from ..config import WorkerConfig
 from ..errors import ConfigError, TopicMismatchError
 from ..kafka import clients
@@ -27,6 +28,7 @@ class Worker:
         if unknown:
             known = ", ".join(pipeline.computations)
             raise ConfigError(f"unknown computation {unknown[0]!r} in pipeline {pipeline.name!r} (known: {known})")
+        registry.configure_from(cfg)  # Avro serdes create their registry client on first use
         self.pipeline = pipeline
         self.cfg = cfg
         self.names = names

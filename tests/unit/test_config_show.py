@@ -57,3 +57,11 @@ def test_a_bad_config_file_is_one_error_line_and_exit_1(tmp_path):
         r = kwheel(*args, env={}, cwd=tmp_path)
         assert r.returncode == 1
         assert r.stderr == "kwheel: error: config file 'k.toml': batch_size = \"many\": expected an integer\n"
+
+
+def test_schema_registry_auth_is_masked():
+    from kwheel.config import is_secret, masked
+
+    assert is_secret("schema_registry_auth")
+    assert masked("schema_registry_auth", "user:pw") == "***"
+    assert masked("schema_registry_url", "http://user:pw@registry:8081") == "http://user:***@registry:8081"

@@ -116,7 +116,7 @@ def test_resolve_passes_serde_objects_through():
 
 
 def test_resolve_unknown_name_raises_serde_error():
-    with pytest.raises(SerdeError, match=r"unknown serde 'yaml': use bytes, str, json or avro:PATH"):
+    with pytest.raises(SerdeError, match=r"unknown serde 'yaml': use bytes, str, json, avro:PATH or avro\+registry:PATH"):
         resolve("yaml")
 
 
