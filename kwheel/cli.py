@@ -40,6 +40,7 @@ def worker(
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Max input records per task transaction (env KWHEEL_BATCH_SIZE)"),
     commit_interval_ms: Optional[int] = typer.Option(None, "--commit-interval-ms", help="Commit at least this often (env KWHEEL_COMMIT_INTERVAL_MS)"),
     offset_reset: Optional[str] = typer.Option(None, "--offset-reset", help="earliest, latest or fail: where to resume when input records were deleted before being processed (env KWHEEL_OFFSET_RESET)"),
+    metrics_port: Optional[int] = typer.Option(None, "--metrics-port", help="Serve Prometheus metrics on this port; with --processes, process i uses port+i (0: any free port) (env KWHEEL_METRICS_PORT)"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Join the consumer groups of the pipeline's computations and process until SIGTERM."""
@@ -52,6 +53,7 @@ def worker(
     cfg = WorkerConfig.from_env(
         bootstrap_servers=bootstrap_servers, state_dir=state_dir, slot=slot,
         batch_size=batch_size, commit_interval_ms=commit_interval_ms, offset_reset=offset_reset,
+        metrics_port=metrics_port,
     )
     p = load_pipeline(pipeline)
     if processes > 1:
@@ -64,7 +66,7 @@ def worker(
             child += ["--computation", c]
         if verbose:
             child.append("--verbose")
-        raise typer.Exit(run_processes(processes, child, cfg.slot))
+        raise typer.Exit(run_processes(processes, child, cfg.slot, metrics_port=cfg.metrics_port))
     from .runtime.worker import Worker
 
     Worker(p, cfg, computation).run()

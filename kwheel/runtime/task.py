@@ -50,7 +50,9 @@ _DOMAIN_NAMES = {EVENT: "event", WALL: "wall"}
 
 @dataclass
 class TaskCounters:
+    consumed: int = 0  # input records read, duplicates and replays after an abort included
     processed: int = 0
+    produced: int = 0  # output records sent (dead letters and changelog not included)
     duplicates: int = 0
     late: int = 0
     dead_lettered: int = 0
@@ -58,6 +60,7 @@ class TaskCounters:
     commits: int = 0
     aborts: int = 0
     restored: int = 0
+    restore_total: int = 0  # changelog offsets the running or last restore had to replay
 
 
 class _Input:
@@ -105,6 +108,7 @@ class Task:
         self._pending_ids: dict[bytes, int] = {}
         self._bloom = Bloom(100_000, 0.01)
         self._in_txn = False
+        self.txn_began = 0.0  # monotonic time the open transaction began: batch latency
         self._txn_records = 0
         self._txn_first: dict[str, int] = {}  # topic -> first offset of the open transaction
         self._txn_next: dict[str, int] = {}  # topic -> offset after the last one handled
@@ -129,8 +133,10 @@ class Task:
         self.producer = Producer(clients.transactional_producer_config(self.cfg, f"{base}.{incarnation}"))
         self.producer.init_transactions(timeout)
         started = time.monotonic()
-        n = restore(self.store, clients.reader_config(self.cfg), self.changelog, self.partition, self.cfg.startup_timeout_s)
-        self.counters.restored += n
+        n = restore(self.store, clients.reader_config(self.cfg), self.changelog, self.partition, self.cfg.startup_timeout_s,
+                    progress=self._restoring)
+        self.counters.restored = n
+        self.counters.restore_total = n
         if n:
             log.info("%s: restored %d changelog records in %.2fs", self.name, n, time.monotonic() - started)
         self._next_batch = self.store.next_batch
@@ -142,6 +148,9 @@ class Task:
         self.timers = TimerTable(self.store)
         self._rebuild_bloom()
         self.computation.setup()
+
+    def _restoring(self, applied: int, total: int) -> None:
+        self.counters.restored, self.counters.restore_total = applied, total
 
     def _rebuild_bloom(self) -> None:
         seen = list(self.store.seen_ids())
@@ -169,6 +178,7 @@ class Task:
             except KafkaException as e:
                 raise self._producer_failed(e) from None
             self._in_txn = True
+            self.txn_began = time.monotonic()
 
     def _producer_failed(self, e: KafkaException) -> Exception:
         """A producer error outside commit: fenced or fatal means this task is done here."""
@@ -189,6 +199,7 @@ class Task:
         comp = self.computation
         counters = self.counters
         watermark = self.input_watermark
+        counters.consumed += len(messages)
         for m in messages:
             topic = m.topic()
             offset = m.offset()
@@ -237,6 +248,7 @@ class Task:
             for tkey, value in ctx.timer_ops:
                 self.timers.apply(tkey, value)
         if ctx.outputs:
+            self.counters.produced += len(ctx.outputs)
             try:
                 send(self.producer, ctx.outputs)
             except KafkaException as e:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import time
 
+from collections.abc import Callable
+
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from ..errors import BrokerError
@@ -18,8 +20,11 @@ CHUNK = 20000
 STALE_AFTER_MS = 20 * 3600 * 1000
 
 
-def restore(store: TaskStore, reader_conf: dict, topic: str, partition: int, timeout_s: float = 30.0) -> int:
+def restore(store: TaskStore, reader_conf: dict, topic: str, partition: int, timeout_s: float = 30.0,
+            progress: Callable[[int, int], None] | None = None) -> int:
     """Replay changelog records after ``store.applied_offset`` up to the end; return how many.
+    ``progress(applied, total)`` is called after every chunk (``total`` counts offsets, so
+    transaction markers too): what the metrics show while a task restores.
 
     Call only after this process fenced every earlier writer of the partition (the task's
     ``init_transactions``), so the end of the log is stable.
@@ -44,6 +49,8 @@ def restore(store: TaskStore, reader_conf: dict, topic: str, partition: int, tim
         if start >= high:
             return 0
         reader.assign([TopicPartition(topic, partition, start)])
+        if progress is not None:
+            progress(0, high - start)
         applied = 0
         chunk: list[tuple[bytes, bytes | None]] = []
         last = start - 1
@@ -72,6 +79,8 @@ def restore(store: TaskStore, reader_conf: dict, topic: str, partition: int, tim
                 store.apply(chunk, last)
                 applied += len(chunk)
                 chunk = []
+                if progress is not None:
+                    progress(applied, high - start)
             if not done:
                 pos = reader.position([TopicPartition(topic, partition)])[0].offset
                 done = pos >= high
