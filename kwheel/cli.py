@@ -1,4 +1,4 @@
-"""The ``kwheel`` command line: worker, topics, inject."""
+"""The ``kwheel`` command line: worker, topics, inject, status, ui."""
 
 from __future__ import annotations
 
@@ -147,6 +147,34 @@ def status(
     p = load_pipeline(pipeline)
     st = collect(p, WorkerConfig.from_env(bootstrap_servers=bootstrap_servers))
     typer.echo(json.dumps(st, indent=2) if as_json else render(st))
+
+
+@app.command()
+def ui(
+    pipeline: str = typer.Argument(..., help=PIPELINE_HELP),
+    bootstrap_servers: Optional[str] = Bootstrap,
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (default: this machine only)"),
+    port: int = typer.Option(8080, "--port", min=0, max=65535, help="Port to listen on (0: any free port)"),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Serve a read-only web page: the pipeline graph and its live status (as kwheel status)."""
+    import signal
+
+    from .ui import make_server
+
+    _setup_logging(verbose)
+    p = load_pipeline(pipeline)
+    server = make_server(p, WorkerConfig.from_env(bootstrap_servers=bootstrap_servers), host, port)
+    shown = f"[{host}]" if ":" in host else host
+    typer.echo(f"kwheel ui: pipeline {p.name!r} on http://{shown}:{server.server_port}/")
+    sys.stdout.flush()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
 
 
 def main() -> None:
