@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import math
-import threading
 import time
 from collections.abc import Iterator
 
@@ -97,7 +96,7 @@ class WorkerMetrics:
     def close(self) -> None:
         if self._server is not None:
             server, self._server = self._server, None
-            threading.Thread(target=server.shutdown, daemon=True).start()
+            server.shutdown()
             server.server_close()
 
 
@@ -140,8 +139,9 @@ class _TaskCollector(Collector):
                     family.add_metric(labels, getattr(c, f))
                 restore.add_metric(labels, max(0, c.restore_total - c.restored) if task is opening else 0)
                 timers.add_metric(labels, task.timers.pending)
-                if (name, p) in m.lag:
-                    lag.add_metric(labels, m.lag[(name, p)])
+                behind = m.lag.get((name, p))  # the worker's thread may drop it meanwhile
+                if behind is not None:
+                    lag.add_metric(labels, behind)
                 if task is opening:
                     continue
                 out = _seconds(task.output_watermark)
