@@ -12,6 +12,7 @@ from __future__ import annotations
 import html
 import json
 import logging
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -162,6 +163,10 @@ def page(pipeline: Pipeline) -> str:
 
 
 # ---- serving ---------------------------------------------------------------------------
+class _Server6(ThreadingHTTPServer):
+    address_family = socket.AF_INET6
+
+
 class StatusCache:
     """At most one status collection per ``max_age_s``, shared by every request."""
 
@@ -229,7 +234,7 @@ def make_server(pipeline: Pipeline, cfg: WorkerConfig, host: str = "127.0.0.1", 
             log.debug("%s %s", self.address_string(), fmt % args)
 
     try:
-        server = ThreadingHTTPServer((host, port), Handler)
+        server = (_Server6 if ":" in host else ThreadingHTTPServer)((host, port), Handler)
     except OSError as err:
         raise KwheelError(f"kwheel ui: cannot listen on {host}:{port}: {err.strerror or err}") from None
     server.daemon_threads = True
