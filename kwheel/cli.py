@@ -1,4 +1,4 @@
-"""The ``kwheel`` command line: worker, inject, topics, status, config."""
+"""The ``kwheel`` command line: worker, inject, topics, status, config, ui."""
 
 from __future__ import annotations
 
@@ -42,6 +42,7 @@ def worker(
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Max input records per task transaction (env KWHEEL_BATCH_SIZE)"),
     commit_interval_ms: Optional[int] = typer.Option(None, "--commit-interval-ms", help="Commit at least this often (env KWHEEL_COMMIT_INTERVAL_MS)"),
     offset_reset: Optional[str] = typer.Option(None, "--offset-reset", help="earliest, latest or fail: where to resume when input records were deleted before being processed (env KWHEEL_OFFSET_RESET)"),
+    metrics_port: Optional[int] = typer.Option(None, "--metrics-port", help="Serve Prometheus metrics on this port; with --processes, process i uses port+i (0: any free port) (env KWHEEL_METRICS_PORT)"),
     config: Optional[Path] = ConfigFile,
     log_level: Optional[str] = LogLevel,
     log_format: Optional[str] = LogFormat,
@@ -56,7 +57,7 @@ def worker(
     cfg = WorkerConfig.from_env(
         config_file=config, bootstrap_servers=bootstrap_servers, state_dir=state_dir, slot=slot,
         batch_size=batch_size, commit_interval_ms=commit_interval_ms, offset_reset=offset_reset,
-        log_level="DEBUG" if verbose else log_level, log_format=log_format,
+        log_level="DEBUG" if verbose else log_level, log_format=log_format, metrics_port=metrics_port,
     )
     _setup_logging(cfg)
     p = load_pipeline(pipeline)
@@ -69,7 +70,7 @@ def worker(
         child += ["--config", str(config)] if config else []
         for c in computation or []:
             child += ["--computation", c]
-        raise typer.Exit(run_processes(processes, child, cfg.slot))
+        raise typer.Exit(run_processes(processes, child, cfg.slot, metrics_port=cfg.metrics_port))
     from .runtime.worker import Worker
 
     Worker(p, cfg, computation).run()
@@ -181,6 +182,34 @@ def config_show(
     for name, s in settings.items():
         value = "unset" if s["value"] is None else s["value"]
         typer.echo(f"{name:<{width}}  {s['source']:<7}  {value}")
+
+
+@app.command()
+def ui(
+    pipeline: str = typer.Argument(..., help=PIPELINE_HELP),
+    bootstrap_servers: Optional[str] = Bootstrap,
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (default: this machine only)"),
+    port: int = typer.Option(8080, "--port", min=0, max=65535, help="Port to listen on (0: any free port)"),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Serve a read-only web page: the pipeline graph and its live status (as kwheel status)."""
+    import signal
+
+    from .ui import make_server
+
+    _setup_logging(verbose)
+    p = load_pipeline(pipeline)
+    server = make_server(p, WorkerConfig.from_env(bootstrap_servers=bootstrap_servers), host, port)
+    shown = f"[{host}]" if ":" in host else host
+    typer.echo(f"kwheel ui: pipeline {p.name!r} on http://{shown}:{server.server_port}/")
+    sys.stdout.flush()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
 
 
 def main() -> None:

@@ -48,6 +48,10 @@ class WorkerConfig:
     schema_registry_auth: str | None = field(default=None, repr=False)
     # Extra librdkafka settings passed to every client (security.protocol, sasl.*, ...).
     kafka: dict[str, str] = field(default_factory=dict)
+    # Prometheus metrics of a worker on http://<metrics_host>:<metrics_port>/metrics.
+    # None: no metrics server; 0: any free port (logged). Loopback only unless widened.
+    metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
 
     def __post_init__(self) -> None:
         self.state_dir = Path(self.state_dir)
@@ -69,6 +73,11 @@ class WorkerConfig:
             raise ConfigError(f"config schema_registry_url: expected http(s)://host:port[,...], got {redact(url)!r}")
         if self.schema_registry_auth is not None and ":" not in self.schema_registry_auth:
             raise ConfigError("config schema_registry_auth: expected user:password (value not shown)")
+        mp = self.metrics_port
+        if mp is not None and (not isinstance(mp, int) or isinstance(mp, bool) or not 0 <= mp <= 65535):
+            raise ConfigError(f"config metrics_port: must be a port number 0..65535 (0: any free port), got {mp!r}")
+        if not self.metrics_host or any(c.isspace() for c in self.metrics_host):
+            raise ConfigError(f"config metrics_host: must be a host name or address, got {self.metrics_host!r}")
         if self.slot is not None and (not self.slot or any(c.isspace() for c in self.slot)):
             raise ConfigError(f"config slot: must be a non-empty name without spaces, got {self.slot!r}")
         if not isinstance(self.log_level, str) or self.log_level.upper() not in LOG_LEVELS:

@@ -49,6 +49,8 @@ class ComputationRunner:
         conf = clients.group_consumer_config(cfg, pipeline.group_id(computation), instance)
         self.consumer = Consumer(conf)
         self.tasks: dict[int, Task] = {}
+        self.opening: Task | None = None  # the task being fenced and restored, for metrics
+        self.metrics = None  # a WorkerMetrics when the worker serves metrics (runtime/metrics.py)
         self._last_commit = time.monotonic()
         self._fatal: Exception | None = None
         self.consumer.subscribe(self.topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost)
@@ -63,6 +65,7 @@ class ComputationRunner:
                 task = Task(self.pipeline, self.spec, p, self.cfg, consumer)
                 incarnation = self._announce(p)
                 # fences the previous owners first: the offsets below are final
+                self.opening = task
                 task.open(incarnation, fence_from=max(0, incarnation - FENCE_BACK))
                 self.tasks[p] = task
             for tp in consumer.committed(parts, timeout=self.cfg.startup_timeout_s):
@@ -75,6 +78,7 @@ class ComputationRunner:
                          self.tasks[p].name, self.tasks[p].counters.restored, starts, extra=about(self.tasks[p]))
         except Exception as e:  # raised inside librdkafka's callback: surface it from step()
             self._fatal = e
+        self.opening = None
         consumer.assign(parts)
 
     def _check_log_start(self, consumer: Consumer, committed: TopicPartition, parts: list[TopicPartition]) -> None:
@@ -170,6 +174,8 @@ class ComputationRunner:
             for tp in self.consumer.position(tps):
                 if tp.offset >= 0:
                     consumed[(tp.topic, tp.partition)] = tp.offset
+        if self.metrics is not None:
+            self.metrics.ticked(self, consumed)
         now_ms = int(time.time() * 1000)
         for p, task in list(self.tasks.items()):
             w = task.upstream.watermark(self.table, lambda topic, p=p: consumed.get((topic, p), 0))
@@ -223,12 +229,15 @@ class ComputationRunner:
         """Commit every task's open batch. A fenced task ends the worker (FencedError):
         another process owns it now, and a restart rejoins the group cleanly."""
         for p, task in list(self.tasks.items()):
+            commits, started = task.counters.commits, time.monotonic()
             try:
                 task.commit()
             except FencedError:
                 del self.tasks[p]
                 task.close()
                 raise
+            if self.metrics is not None and task.counters.commits != commits:
+                self.metrics.committed(self.spec.name, task.txn_began, started, time.monotonic())
         self._last_commit = time.monotonic()
 
     def _abort_task(self, task: Task) -> None:

@@ -8,10 +8,12 @@ import sys
 import time
 
 
-def run_processes(n: int, child_args: list[str], slot: str | None, command: str = "worker") -> int:
+def run_processes(n: int, child_args: list[str], slot: str | None, command: str = "worker",
+                  metrics_port: int | None = None) -> int:
     """Start ``n`` ``kwheel <command>`` processes (slots ``slot-0`` .. ``slot-{n-1}``; an
-    injector's get ``--instance i --instances n``), forward SIGTERM/SIGINT, and return the
-    first non-zero exit code (0 when all stopped cleanly)."""
+    injector's get ``--instance i --instances n``; workers' metrics ports are
+    ``metrics_port + i``, or all 0 for any free port), forward SIGTERM/SIGINT, and return
+    the first non-zero exit code (0 when all stopped cleanly)."""
     procs = []
     for i in range(n):
         args = [sys.executable, "-m", "kwheel", command, *child_args, "--processes", "1"]
@@ -19,6 +21,8 @@ def run_processes(n: int, child_args: list[str], slot: str | None, command: str 
             args += ["--slot", f"{slot}-{i}"]
         if command == "inject":
             args += ["--instance", str(i), "--instances", str(n)]
+        if metrics_port is not None:
+            args += ["--metrics-port", str(metrics_port + i if metrics_port else 0)]
         procs.append(subprocess.Popen(args))
 
     def forward(signum: int, _frame: object) -> None:

@@ -61,7 +61,9 @@ def _immutable(d: dict) -> bool:
 
 @dataclass
 class TaskCounters:
+    consumed: int = 0  # input records read, duplicates and replays after an abort included
     processed: int = 0
+    produced: int = 0  # output records sent (dead letters and changelog not included)
     duplicates: int = 0
     late: int = 0
     dead_lettered: int = 0
@@ -69,6 +71,7 @@ class TaskCounters:
     commits: int = 0
     aborts: int = 0
     restored: int = 0
+    restore_total: int = 0  # changelog offsets the running or last restore had to replay
 
 
 class _Input:
@@ -129,7 +132,7 @@ class Task:
         self._pending_ids: dict[bytes, int] = {}
         self._bloom = Bloom(100_000, 0.01)
         self._in_txn = False
-        self._txn_began = 0.0  # monotonic time the open transaction began
+        self.txn_began = 0.0  # monotonic time the open transaction began: batch latency
         self._txn_records = 0
         self._txn_first: dict[str, int] = {}  # topic -> first offset of the open transaction
         self._txn_next: dict[str, int] = {}  # topic -> offset after the last one handled
@@ -155,8 +158,10 @@ class Task:
         self.producer = Producer(clients.transactional_producer_config(self.cfg, f"{base}.{incarnation}"))
         self.producer.init_transactions(timeout)
         started = time.monotonic()
-        n = restore(self.store, clients.reader_config(self.cfg), self.changelog, self.partition, self.cfg.startup_timeout_s)
-        self.counters.restored += n
+        n = restore(self.store, clients.reader_config(self.cfg), self.changelog, self.partition, self.cfg.startup_timeout_s,
+                    progress=self._restoring)
+        self.counters.restored = n
+        self.counters.restore_total = n
         if n:
             log.info("%s: restored %d changelog records in %.2fs", self.name, n, time.monotonic() - started)
         self._next_batch = self.store.next_batch
@@ -168,6 +173,9 @@ class Task:
         self.timers = TimerTable(self.store)
         self._rebuild_bloom()
         self.computation.setup()
+
+    def _restoring(self, applied: int, total: int) -> None:
+        self.counters.restored, self.counters.restore_total = applied, total
 
     def _rebuild_bloom(self) -> None:
         seen = list(self.store.seen_ids())
@@ -196,7 +204,7 @@ class Task:
             except KafkaException as e:
                 raise self._producer_failed(e) from None
             self._in_txn = True
-            self._txn_began = time.monotonic()
+            self.txn_began = time.monotonic()
 
     def _producer_failed(self, e: KafkaException) -> Exception:
         """A producer error outside commit: fenced or fatal means this task is done here."""
@@ -269,6 +277,7 @@ class Task:
             if record.late:
                 late += 1
         self._txn_records += len(messages)
+        counters.consumed += len(messages)
         counters.processed += processed
         counters.late += late
         self._send_outputs()
@@ -289,6 +298,7 @@ class Task:
         """Hand the batch's collected outputs to librdkafka."""
         outputs = self.ctx.outputs
         if outputs:
+            self.counters.produced += len(outputs)
             try:
                 send(self.producer, outputs)
             except KafkaException as e:
@@ -459,7 +469,7 @@ class Task:
         coordinator has aborted it already (or will, mid-commit), so abort it here too and
         replay the batch from its first offset. Brokers that never time out a transaction
         (the embedded one) get the same behaviour."""
-        took = time.monotonic() - self._txn_began
+        took = time.monotonic() - self.txn_began
         limit = self.cfg.transaction_timeout_ms / 1000
         if took <= limit:
             return False

@@ -33,6 +33,7 @@ class Worker:
         self.cfg = cfg
         self.names = names
         self.runners: list[ComputationRunner] = []
+        self.metrics = None
         self._stop = False
 
     def stop(self, *_: object) -> None:
@@ -60,6 +61,18 @@ class Worker:
     def run(self) -> None:
         signal.signal(signal.SIGTERM, self.stop)
         signal.signal(signal.SIGINT, self.stop)
+        if self.cfg.metrics_port is not None:  # first: scrapes answer while topics or restores are awaited
+            from .metrics import WorkerMetrics
+
+            self.metrics = WorkerMetrics(self.pipeline.name, self.cfg.slot)
+            self.metrics.serve(self.cfg.metrics_host, self.cfg.metrics_port)
+        try:
+            self._run()
+        finally:
+            if self.metrics is not None:
+                self.metrics.close()
+
+    def _run(self) -> None:
         self._wait_for_topics()
         topic = self.pipeline.watermark_topic()
         self.table = WatermarkTable()
@@ -69,6 +82,10 @@ class Worker:
         catch_up = lambda: self.reader.catch_up(self.cfg.startup_timeout_s)  # noqa: E731
         self.runners = [ComputationRunner(self.pipeline, n, self.cfg, self.table, self.publisher, catch_up)
                         for n in self.names]
+        if self.metrics is not None:
+            for r in self.runners:
+                r.metrics = self.metrics
+            self.metrics.runners = self.runners
         log.info("worker %s running %s", self.cfg.slot or "(dynamic)", ", ".join(self.names))
         timeout = 0.1 / len(self.runners)
         try:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import time
 
+from collections.abc import Callable
+
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from ..errors import BrokerError
@@ -19,8 +21,11 @@ CHECKPOINT_EVERY = 100_000  # records between flushes of a restoring store
 STALE_AFTER_MS = 20 * 3600 * 1000
 
 
-def restore(store: TaskStore, reader_conf: dict, topic: str, partition: int, timeout_s: float = 30.0) -> int:
+def restore(store: TaskStore, reader_conf: dict, topic: str, partition: int, timeout_s: float = 30.0,
+            progress: Callable[[int, int], None] | None = None) -> int:
     """Replay changelog records after ``store.applied_offset`` up to the end; return how many.
+    ``progress(applied, total)`` is called after every chunk (``total`` counts offsets, so
+    transaction markers too): what the metrics show while a task restores.
 
     Call only after this process fenced every earlier writer of the partition (the task's
     ``init_transactions``), so the end of the log is stable.
@@ -48,6 +53,8 @@ def restore(store: TaskStore, reader_conf: dict, topic: str, partition: int, tim
         log.info("restoring %s[%d]: offsets %d..%d (%d records%s)", topic, partition, start, high - 1,
                  high - start, f", resuming after {store.applied_offset}" if store.applied_offset >= 0 else "")
         reader.assign([TopicPartition(topic, partition, start)])
+        if progress is not None:
+            progress(0, high - start)
         applied = checkpointed = 0
         chunk: list[tuple[bytes, bytes | None]] = []
         last = start - 1
@@ -79,6 +86,8 @@ def restore(store: TaskStore, reader_conf: dict, topic: str, partition: int, tim
                 if applied - checkpointed >= CHECKPOINT_EVERY:
                     store.checkpoint()
                     checkpointed = applied
+                if progress is not None:
+                    progress(applied, high - start)
             if not done:
                 pos = reader.position([TopicPartition(topic, partition)])[0].offset
                 done = pos >= high
