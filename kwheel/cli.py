@@ -190,16 +190,21 @@ def ui(
     bootstrap_servers: Optional[str] = Bootstrap,
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (default: this machine only)"),
     port: int = typer.Option(8080, "--port", min=0, max=65535, help="Port to listen on (0: any free port)"),
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    config: Optional[Path] = ConfigFile,
+    log_level: Optional[str] = LogLevel,
+    log_format: Optional[str] = LogFormat,
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Same as --log-level DEBUG"),
 ) -> None:
     """Serve a read-only web page: the pipeline graph and its live status (as kwheel status)."""
     import signal
 
     from .ui import make_server
 
-    _setup_logging(verbose)
+    cfg = WorkerConfig.from_env(config_file=config, bootstrap_servers=bootstrap_servers,
+                                log_level="DEBUG" if verbose else log_level, log_format=log_format)
+    _setup_logging(cfg)
     p = load_pipeline(pipeline)
-    server = make_server(p, WorkerConfig.from_env(bootstrap_servers=bootstrap_servers), host, port)
+    server = make_server(p, cfg, host, port)
     shown = f"[{host}]" if ":" in host else host
     typer.echo(f"kwheel ui: pipeline {p.name!r} on http://{shown}:{server.server_port}/")
     sys.stdout.flush()

@@ -77,7 +77,7 @@ class TaskCounters:
 class _Input:
     """How to read one input topic of the task."""
 
-    __slots__ = ("topic", "stream", "decode_key", "decode_value", "keys")
+    __slots__ = ("topic", "stream", "decode_key", "decode_value", "keys", "dedup")
 
     def __init__(self, ti: TaskInput):
         self.topic = ti.topic
@@ -85,6 +85,10 @@ class _Input:
         self.decode_key = layout.key_from_tag if ti.repartitioned else ti.stream.key_serde.decode
         self.decode_value = ti.stream.value_serde.decode
         self.keys: dict[bytes, tuple[Key, bytes]] = {}  # raw key -> (key, tag): decoded once
+        # Only records from outside can arrive twice (an injector's retry, a re-sent file).
+        # Streams the pipeline writes itself are written in transactions and read
+        # read_committed: they carry each record once, so they skip the seen-id bookkeeping.
+        self.dedup = ti.stream.source
 
     def key(self, raw: bytes) -> tuple[Key, bytes]:
         hit = self.keys.get(raw)
@@ -244,7 +248,8 @@ class Task:
                 rid = headers[0][1]
             else:
                 rid = _record_id(m)
-            if rid in pending_ids or (rid in bloom and has_seen(rid)):
+            dedup = inp.dedup
+            if dedup and (rid in pending_ids or (rid in bloom and has_seen(rid))):
                 counters.duplicates += 1
                 continue
             key = None
@@ -266,13 +271,15 @@ class Task:
                 del outputs[mark:]
                 where = f"{topic}[{m.partition()}]@{offset}"
                 self._failed(f"failed on key {key!r} at {where}", e, m.key(), m.value(), m.timestamp()[1], rid, where)
-                pending_ids[rid] = m.timestamp()[1]  # dead-lettered: a re-sent copy is a duplicate
-                bloom.add(rid)
+                if dedup:
+                    pending_ids[rid] = m.timestamp()[1]  # dead-lettered: a re-sent copy is a duplicate
+                    bloom.add(rid)
                 continue
             if state.changed or ctx.timer_ops:
                 self._succeeded(tag, state)
-            pending_ids[rid] = ts
-            bloom.add(rid)
+            if dedup:
+                pending_ids[rid] = ts
+                bloom.add(rid)
             processed += 1
             if record.late:
                 late += 1
