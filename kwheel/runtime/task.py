@@ -133,6 +133,12 @@ class Task:
         self.counters.restored += n
         if n:
             log.info("%s: restored %d changelog records in %.2fs", self.name, n, time.monotonic() - started)
+        self._load_store()
+
+    def _load_store(self) -> None:
+        """Take up the store as restored: batch numbers, watermark, timers, seen ids; then set
+        the computation up. The in-process test driver (kwheel.testing) opens tasks with this
+        alone, its producer already in place."""
         self._next_batch = self.store.next_batch
         self._id_batches = list(self.store.id_batches())
         raw = self.store.get(layout.WATERMARK)
