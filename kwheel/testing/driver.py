@@ -80,6 +80,7 @@ class PipelineDriver:
         self._out_watermarks = {c: MIN_WATERMARK for c in self.computations}
         self._consumers = {c: MemoryConsumer(pipeline.group_id(c)) for c in self.computations}
         self._tasks: dict[str, list[Task]] = {}
+        self._failed = False
         try:
             for c in self.computations:
                 self._tasks[c] = [self._open(c, p) for p in range(pipeline.computations[c].partitions)]
@@ -207,12 +208,18 @@ class PipelineDriver:
 
     # ---- running ----------------------------------------------------------------------
     def run(self) -> None:
-        """Process everything pending until the pipeline is quiet: records, watermarks, timers."""
+        """Process everything pending until the pipeline is quiet: records, watermarks, timers.
+
+        A record or timer that fails (without a dead-letter stream) raises its RecordError
+        here, its task's batch aborted, as a worker would stop; the next run replays it.
+        Until a run succeeds, inspecting shows what was committed without running again."""
+        self._failed = True
         for _ in range(MAX_ROUNDS):
             busy = False
             for c in self.computations:
                 busy = self._step(c) or busy
             if not busy:
+                self._failed = False
                 return
         raise KwheelError(f"driver: the pipeline was still busy after {MAX_ROUNDS} rounds (a cycle that never ends?)")
 
@@ -262,7 +269,7 @@ class PipelineDriver:
     # ---- inspecting -------------------------------------------------------------------
     def outputs(self, stream: str) -> list[Record]:
         """Every committed record of ``stream``, decoded, in commit order."""
-        self.run()
+        self._settle()
         s = self._stream(stream)
         out = []
         for m in self.log.messages(s.topic):
@@ -278,12 +285,12 @@ class PipelineDriver:
 
     def messages(self, stream: str) -> list[MemoryMessage]:
         """The raw committed messages of ``stream`` (bytes and headers, e.g. of dead letters)."""
-        self.run()
+        self._settle()
         return self.log.messages(self._stream(stream).topic)
 
     def state(self, computation: str, key: Key) -> dict:
         """The committed state of ``key`` in ``computation`` ({} when it has none)."""
-        self.run()
+        self._settle()
         for task in self._running(computation):
             raw = task.store.get(layout.state_key(key))
             if raw is not None:
@@ -292,7 +299,7 @@ class PipelineDriver:
 
     def timers(self, computation: str, key: Key | None = None) -> list[Timer]:
         """The pending timers of ``computation`` (of one key), in firing order."""
-        self.run()
+        self._settle()
         out = []
         for task in self._running(computation):
             for code, domain in _DOMAINS:
@@ -306,23 +313,27 @@ class PipelineDriver:
 
     def watermark(self, computation: str) -> int:
         """The input low watermark of ``computation`` (MIN_WATERMARK before any is known)."""
-        self.run()
+        self._settle()
         return min(t.input_watermark for t in self._running(computation))
 
     def output_watermark(self, computation: str) -> int:
         """What ``computation`` promises downstream: min(input watermark, pending event timers)."""
-        self.run()
+        self._settle()
         self._running(computation)
         return self._out_watermarks[computation]
 
     def stats(self, computation: str) -> dict[str, int]:
         """The task counters of ``computation`` summed (processed, duplicates, late, ...)."""
-        self.run()
+        self._settle()
         total: dict[str, int] = {}
         for task in self._running(computation):
             for k, v in task.stats().items():
                 total[k] = total.get(k, 0) + v
         return total
+
+    def _settle(self) -> None:
+        if not self._failed:
+            self.run()
 
     def _stream(self, stream: str):
         try:
