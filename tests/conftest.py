@@ -21,6 +21,9 @@ from kwheel.testing.processes import WorkerProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# kwheel's own test kit (the fixtures users get); also an entry point once kwheel is installed
+pytest_plugins = ["kwheel.testing.pytest_plugin"]
+
 
 @dataclass
 class Kafka:
@@ -61,6 +64,12 @@ def kafka(tmp_path_factory):
         yield Kafka(broker.bootstrap, "embedded", broker)
     finally:
         broker.stop()
+
+
+@pytest.fixture(scope="session")
+def kwheel_kafka(kafka):
+    """The test kit's fixtures use the same broker as the rest of the suite."""
+    return kafka
 
 
 @pytest.fixture
