@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from .driver import PipelineDriver
-from .endtoend import PipelineRun
+# kwheel's modules are imported inside the fixtures: this plugin loads in every pytest run
+# of an environment where kwheel is installed, most of which never use it.
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,8 @@ def kwheel_kafka(tmp_path_factory):
 @pytest.fixture
 def kwheel_driver(tmp_path):
     """``kwheel_driver(pipeline, only=None, wall_clock_ms=None, config=None)`` -> PipelineDriver."""
+    from .driver import PipelineDriver
+
     made: list[PipelineDriver] = []
 
     def make(pipeline, **kwargs) -> PipelineDriver:
@@ -66,6 +68,8 @@ def kwheel_pipeline_runner(kwheel_kafka, tmp_path, request):
 
     ``ref`` (``module:attribute``) is how worker processes load the same pipeline; the
     test's root directory is on their PYTHONPATH. Give each test's pipeline its own name."""
+    from .endtoend import PipelineRun
+
     made: list[PipelineRun] = []
 
     def make(pipeline, ref: str, env: dict[str, str] | None = None) -> PipelineRun:
