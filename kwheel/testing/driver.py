@@ -49,6 +49,9 @@ class PipelineDriver:
 
     Use as a context manager, or call ``close()``. Streams that no running computation
     writes are *fed* by the test: ``send`` records to them and ``advance_watermark`` them.
+    ``state_dir`` holds the RocksDB stores (default: a temporary directory, removed on
+    close); ``config`` supplies the other worker settings (batch size, dedup horizon);
+    ``wall_clock_ms`` starts the driver's clock (default: now; give it for exact repeats).
     """
 
     def __init__(self, pipeline: Pipeline, only: str | Iterable[str] | None = None, state_dir: str | Path | None = None,
