@@ -6,6 +6,7 @@ the same steps in the driver and on Kafka."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -45,8 +46,11 @@ class PipelineRun:
         create_topics(wait_for_broker(self.config), self.pipeline)
 
     # ---- workers ----------------------------------------------------------------------
-    def start_workers(self, n: int = 1, args: list[str] | None = None) -> list[WorkerProcess]:
-        """Start ``n`` more ``kwheel worker`` processes (slots w0, w1, ...), each with its own state dir."""
+    def start_workers(self, n: int = 1, args: list[str] | None = None, timeout_s: float = 60.0) -> list[WorkerProcess]:
+        """Start ``n`` more ``kwheel worker`` processes (slots w0, w1, ...), each with its own
+        state dir, one at a time: each is started once the one before took its partitions
+        (the embedded broker can stall a group that several members join at once; see
+        docs/reliability.md)."""
         started = []
         for _ in range(n):
             slot = f"w{len(self.workers)}"
@@ -54,7 +58,19 @@ class PipelineRun:
                               slot=slot, extra_args=args, env=self.env)
             self.workers.append(w)
             started.append(w.start())
+            self._wait_assigned(w, timeout_s)
         return started
+
+    def _wait_assigned(self, w: WorkerProcess, timeout_s: float) -> None:
+        """Until ``w`` owns a task of every computation that has a partition for each worker."""
+        members = len(self.workers)
+        want = {c for c, spec in self.pipeline.computations.items() if spec.partitions >= members}
+
+        def assigned() -> bool:
+            self.check_workers()
+            return want <= set(re.findall(r"(\S+)\[\d+\]: assigned and ready", w.log()))
+
+        wait_until(assigned, timeout_s, f"worker {w.log_path.stem} to be assigned tasks of {sorted(want)}", 0.1)
 
     def stop_workers(self, timeout_s: float = 60.0) -> None:
         """SIGTERM every worker; raise naming the first that did not exit cleanly, with its log."""
