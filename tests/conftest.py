@@ -22,7 +22,7 @@ from kwheel.testing.processes import WorkerProcess
 ROOT = Path(__file__).resolve().parent.parent
 
 # kwheel's own test kit (the fixtures users get); also an entry point once kwheel is installed
-pytest_plugins = ["kwheel.testing.pytest_plugin"]
+pytest_plugins = ["kwheel.testing.pytest_plugin", "pytester"]
 
 
 @dataclass
