@@ -2,7 +2,10 @@
 
 Each event is JSON ``{"user": ..., "action": ...}`` keyed by user. The counter keeps a
 per-user count in state and emits the new count on every event.
+``KWHEEL_KEYED_COUNT_NAME`` renames the pipeline (and so its topics), e.g. per test.
 """
+
+import os
 
 from kwheel import Computation, Pipeline
 
@@ -22,4 +25,4 @@ def build(name: str = "keyed_count", partitions: int = 4) -> Pipeline:
     return p
 
 
-pipeline = build()
+pipeline = build(os.environ.get("KWHEEL_KEYED_COUNT_NAME", "keyed_count"))

@@ -21,6 +21,9 @@ from kwheel.testing.processes import WorkerProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# kwheel's own test kit (the fixtures users get); also an entry point once kwheel is installed
+pytest_plugins = ["kwheel.testing.pytest_plugin", "pytester"]
+
 
 @dataclass
 class Kafka:
@@ -81,6 +84,12 @@ def registry_env(schema_registry) -> dict[str, str]:
     registry.configure(schema_registry.url, "kwheel:r3g-s3cret")
     yield {"KWHEEL_SCHEMA_REGISTRY_URL": schema_registry.url, "KWHEEL_SCHEMA_REGISTRY_AUTH": "kwheel:r3g-s3cret"}
     registry.configure(None)
+
+
+@pytest.fixture(scope="session")
+def kwheel_kafka(kafka):
+    """The test kit's fixtures use the same broker as the rest of the suite."""
+    return kafka
 
 
 @pytest.fixture

@@ -168,6 +168,12 @@ class Task:
         self.counters.restore_total = n
         if n:
             log.info("%s: restored %d changelog records in %.2fs", self.name, n, time.monotonic() - started)
+        self._load_store()
+
+    def _load_store(self) -> None:
+        """Take up the store as restored: batch numbers, watermark, timers, seen ids; then set
+        the computation up. The in-process test driver (kwheel.testing) opens tasks with this
+        alone, its producer already in place."""
         self._next_batch = self.store.next_batch
         self._id_batches = list(self.store.id_batches())
         raw = self.store.get(layout.WATERMARK)
@@ -236,57 +242,59 @@ class Task:
         process_record = comp.process_record
         has_seen = self.store.has_seen
         processed = late = 0
-        for m in messages:
-            topic = m.topic()
-            offset = m.offset()
-            if topic not in txn_first:
-                txn_first[topic] = offset
-            txn_next[topic] = offset + 1
-            inp = inputs[topic]
-            headers = m.headers()
-            if headers and headers[0][0] == ID_HEADER and 0 < len(headers[0][1]) <= MAX_ID_BYTES:
-                rid = headers[0][1]
-            else:
-                rid = _record_id(m)
-            dedup = inp.dedup
-            if dedup and (rid in pending_ids or (rid in bloom and has_seen(rid))):
-                counters.duplicates += 1
-                continue
-            key = None
-            mark = len(outputs)
-            try:
-                raw_key = m.key()
-                if raw_key is None:
-                    raise ValueError("record has no key (keyed inputs need one)")
-                key, tag = inp.key(raw_key)
-                value = inp.decode_value(m.value())
-                ts = m.timestamp()[1]
-                record = Record(key, value, ts, rid, inp.stream, ts < watermark)
-                state = KeyState(self._load(tag))
-                ctx.begin(key, tag, state, rid, ts)
-                process_record(ctx, record)
-            except RegistryError:  # the registry, not the record, failed: stop, never dead-letter
-                raise
-            except Exception as e:  # user code and decoding: the error policy decides
-                del outputs[mark:]
-                where = f"{topic}[{m.partition()}]@{offset}"
-                self._failed(f"failed on key {key!r} at {where}", e, m.key(), m.value(), m.timestamp()[1], rid, where)
-                if dedup:
-                    pending_ids[rid] = m.timestamp()[1]  # dead-lettered: a re-sent copy is a duplicate
-                    bloom.add(rid)
-                continue
-            if state.changed or ctx.timer_ops:
-                self._succeeded(tag, state)
-            if dedup:
-                pending_ids[rid] = ts
-                bloom.add(rid)
-            processed += 1
-            if record.late:
-                late += 1
-        self._txn_records += len(messages)
         counters.consumed += len(messages)
-        counters.processed += processed
-        counters.late += late
+        try:
+            for m in messages:
+                topic = m.topic()
+                offset = m.offset()
+                if topic not in txn_first:
+                    txn_first[topic] = offset
+                txn_next[topic] = offset + 1
+                inp = inputs[topic]
+                headers = m.headers()
+                if headers and headers[0][0] == ID_HEADER and 0 < len(headers[0][1]) <= MAX_ID_BYTES:
+                    rid = headers[0][1]
+                else:
+                    rid = _record_id(m)
+                dedup = inp.dedup
+                if dedup and (rid in pending_ids or (rid in bloom and has_seen(rid))):
+                    counters.duplicates += 1
+                    continue
+                key = None
+                mark = len(outputs)
+                try:
+                    raw_key = m.key()
+                    if raw_key is None:
+                        raise ValueError("record has no key (keyed inputs need one)")
+                    key, tag = inp.key(raw_key)
+                    value = inp.decode_value(m.value())
+                    ts = m.timestamp()[1]
+                    record = Record(key, value, ts, rid, inp.stream, ts < watermark)
+                    state = KeyState(self._load(tag))
+                    ctx.begin(key, tag, state, rid, ts)
+                    process_record(ctx, record)
+                except RegistryError:  # the registry, not the record, failed: stop, never dead-letter
+                    raise
+                except Exception as e:  # user code and decoding: the error policy decides
+                    del outputs[mark:]
+                    where = f"{topic}[{m.partition()}]@{offset}"
+                    self._failed(f"failed on key {key!r} at {where}", e, m.key(), m.value(), m.timestamp()[1], rid, where)
+                    if dedup:
+                        pending_ids[rid] = m.timestamp()[1]  # dead-lettered: a re-sent copy is a duplicate
+                        bloom.add(rid)
+                    continue
+                if state.changed or ctx.timer_ops:
+                    self._succeeded(tag, state)
+                if dedup:
+                    pending_ids[rid] = ts
+                    bloom.add(rid)
+                processed += 1
+                if record.late:
+                    late += 1
+        finally:  # also when a record stops the batch: the counters say what was done
+            counters.processed += processed
+            counters.late += late
+        self._txn_records += len(messages)
         self._send_outputs()
 
     def _succeeded(self, tag: bytes, state: KeyState) -> None:

@@ -24,7 +24,7 @@ CONFIG_DOC = ROOT / "docs" / "configuration.md"
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 # Documented variables that are not WorkerConfig fields on purpose.
-OTHER_PREFIXES = (ENV_PREFIX + "KAFKA_", ENV_PREFIX + "TEST_", ENV_PREFIX + "ZEITGEIST_", ENV_PREFIX + "BENCH_",
+OTHER_PREFIXES = (ENV_PREFIX + "KAFKA_", ENV_PREFIX + "TEST_", ENV_PREFIX + "ZEITGEIST_", ENV_PREFIX + "KEYED_COUNT_", ENV_PREFIX + "BENCH_",
                   ENV_PREFIX + "CHAOS", CONFIG_ENV)
 FIELDS = {f.name: f for f in dataclasses.fields(WorkerConfig)}
 
