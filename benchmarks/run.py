@@ -45,6 +45,7 @@ from benchmarks.plain import peak_rss_kib
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import NewTopic
 
+from kwheel.kafka.partitioner import partition_for
 from kwheel.config import WorkerConfig
 from kwheel.errors import KwheelError
 from kwheel.ids import new_id
@@ -188,30 +189,6 @@ class ZipfKeys:
 
     def draw(self, n: int) -> list[str]:
         return self.rng.choices(self.names, cum_weights=self.cum, k=n)
-
-
-def murmur2_partition(data: bytes, partitions: int) -> int:
-    """The partition Java clients and librdkafka's murmur2 partitioner pick for ``data``."""
-    m, h = 0x5BD1E995, (0x9747B28C ^ len(data)) & 0xFFFFFFFF
-    n4 = len(data) & ~3
-    for i in range(0, n4, 4):
-        k = int.from_bytes(data[i:i + 4], "little")
-        k = (k * m) & 0xFFFFFFFF
-        k ^= k >> 24
-        k = (k * m) & 0xFFFFFFFF
-        h = ((h * m) & 0xFFFFFFFF) ^ k
-    extra = len(data) & 3
-    if extra == 3:
-        h ^= data[n4 + 2] << 16
-    if extra >= 2:
-        h ^= data[n4 + 1] << 8
-    if extra >= 1:
-        h ^= data[n4]
-        h = (h * m) & 0xFFFFFFFF
-    h ^= h >> 13
-    h = (h * m) & 0xFFFFFFFF
-    h ^= h >> 15
-    return (h & 0x7FFFFFFF) % partitions
 
 
 # ---- the benchmark --------------------------------------------------------------------------
@@ -568,7 +545,7 @@ class Bench:
         per_part: list[list[bytes]] = [[] for _ in range(PARTITIONS)]
         for i in range(keys):
             key = f"r{i:07d}"
-            per_part[murmur2_partition(key.encode(), PARTITIONS)].append(layout.state_key(key))
+            per_part[partition_for(key.encode(), PARTITIONS)].append(layout.state_key(key))
         batch = 5000
         written = in_txn = 0
         ts = int(time.time() * 1000)

@@ -13,14 +13,20 @@ from ..errors import PipelineError, SerdeError
 from ..pipeline import Pipeline, Route, Stream
 from ..record import Key, Record
 from ..state.layout import key_tag
+from .partitioner import partition_for
 
 ID_HEADER = "kwheel.id"
 # librdkafka's default message.max.bytes: a larger record would fail at produce time,
 # after the call that made it returned; refusing it here puts it under the error policy.
 MAX_RECORD_BYTES = 1_000_000
 
-# (topic, key bytes, value bytes, timestamp, record id)
-Message = tuple[str, bytes, bytes, int, bytes]
+# (topic, key bytes, value bytes, timestamp, record id, partition: -1 = by the key bytes)
+Message = tuple[str, bytes, bytes, int, bytes, int]
+
+
+def _plain(key: Key) -> bytes:
+    """A key's bytes as the str and bytes serdes write them: what places it in a partition."""
+    return key.encode() if isinstance(key, str) else bytes(key)
 
 
 class StreamWriter:
@@ -29,6 +35,7 @@ class StreamWriter:
         self._streams: dict[str, tuple[Stream, list[Route]]] = {
             n: (pipeline.streams[n], pipeline.routes(n)) for n in names
         }
+        self._partitions = {t: n for t, (n, _) in pipeline.topics().items()}
 
     def encode(self, stream: str, key: Key, value: object, timestamp: int, rid: bytes) -> list[Message]:
         """Encode one record for all its routes; raise SerdeError/PipelineError on bad input."""
@@ -47,20 +54,24 @@ class StreamWriter:
         if len(kb) + len(vb) > MAX_RECORD_BYTES:
             raise SerdeError(f"record for stream {stream!r} is {len(kb) + len(vb)} bytes, over the "
                              f"{MAX_RECORD_BYTES}-byte limit")
-        out = [(routes[0].topic, kb, vb, timestamp, rid)]
+        out = [(routes[0].topic, kb, vb, timestamp, rid, -1)]
         for route in routes[1:]:
+            # A repartition record's key is the new key's tag (so its type survives), but it
+            # goes to the partition of the key's plain bytes: where the same key read directly
+            # from a str- or bytes-keyed stream lands, so both reach the same task and state.
             new_key = route.key_by(Record(key, value, timestamp, rid, stream))  # type: ignore[misc]
-            out.append((route.topic, key_tag(new_key), vb, timestamp, rid))
+            tag = key_tag(new_key)
+            out.append((route.topic, tag, vb, timestamp, rid, partition_for(_plain(new_key), self._partitions[route.topic])))
         return out
 
 
 def send(producer: Producer, messages: list[Message]) -> None:
     """Hand messages to librdkafka, waiting for queue space when it is full."""
     produce = producer.produce
-    for topic, kb, vb, ts, rid in messages:
+    for topic, kb, vb, ts, rid, partition in messages:
         while True:
             try:
-                produce(topic, vb, kb, timestamp=ts, headers=[(ID_HEADER, rid)])
+                produce(topic, vb, kb, partition=partition, timestamp=ts, headers=[(ID_HEADER, rid)])
                 break
             except BufferError:
                 producer.poll(0.05)

@@ -136,8 +136,8 @@ class PipelineDriver:
         self._fed(stream)
         rid = id or new_id()
         ts = self._wall if timestamp is None else int(timestamp)
-        for topic, kb, vb, t, r in self._writer.encode(stream, key, value, ts, rid):
-            self.log.append(topic, None, kb, vb, t, [(ID_HEADER, r)])
+        for topic, kb, vb, t, r, partition in self._writer.encode(stream, key, value, ts, rid):
+            self.log.append(topic, partition, kb, vb, t, [(ID_HEADER, r)])
         return rid
 
     def advance_watermark(self, stream: str, watermark: int) -> None:

@@ -56,3 +56,18 @@ def test_key_extractor_routes_through_a_repartition_topic(kafka, name, workers):
     check_exact_counts(kafka.bootstrap, f"{name}.counts", Counter(v["country"] for _, v in events))
     # the re-keyed records really went through the repartition topic, keyed by country
     assert count_outputs(kafka.bootstrap, f"{name}.counter.events.repartition") == len(events)
+
+
+def test_a_key_read_directly_and_re_keyed_has_one_count(kafka, name, workers):
+    from tests.pipelines.counting import mixed_count
+
+    p = mixed_count(name)
+    setup_topics(kafka.bootstrap, p)
+    direct = make_events(200, keys=11)
+    rekeyed = [(f"other{i}", v) for i, (_, v) in enumerate(make_events(200, keys=11, seed_offset=200))]
+    inject(kafka.bootstrap, p, direct, stream="a")
+    inject(kafka.bootstrap, p, rekeyed, stream="b")
+    w = workers("tests.pipelines.counting:mixed_count", name, slot="s0")
+    wait_until(lambda: count_outputs(kafka.bootstrap, f"{name}.counts") >= 400, 60, "all counts")
+    assert w.stop() == 0
+    check_exact_counts(kafka.bootstrap, f"{name}.counts", Counter(v["user"] for _, v in direct + rekeyed))

@@ -92,3 +92,14 @@ def sluggish_count(name: str | None = None) -> Pipeline:
     p.stream("counts", partitions=2, value="json")
     p.computation("counter", Sluggish, inputs=["events"], outputs=["counts"])
     return p
+
+
+def mixed_count(name: str | None = None) -> Pipeline:
+    """One counter fed directly by ``a`` (keyed by user) and re-keyed from ``b`` (by the
+    value's ``user``): both must reach the same task for a key, so each key has one count."""
+    p = Pipeline(name or _name())
+    p.stream("a", partitions=4, value="json", source=True)
+    p.stream("b", partitions=3, value="json", source=True)
+    p.stream("counts", partitions=4, value="json")
+    p.computation("counter", Counter, inputs=["a", Input("b", key_by=lambda r: r.value["user"])], outputs=["counts"])
+    return p

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from kwheel.kafka.partitioner import partition_for
+
 from kwheel import Computation, Input, Pipeline
 from kwheel.errors import PipelineError, SerdeError
 from kwheel.ids import derive
@@ -191,7 +193,7 @@ def test_begin_keeps_the_batch_outputs_and_resets_the_counter(ctx):
 def test_produce_encodes_with_stream_serdes_and_default_timestamp(ctx):
     ctx.begin("u", key_tag("u"), KeyState({}), PARENT, 1234)
     ctx.produce("raw", b"key", b"\x00value")
-    assert ctx.outputs == [("p.raw", b"key", b"\x00value", 1234, derive(PARENT, 0))]
+    assert ctx.outputs == [("p.raw", b"key", b"\x00value", 1234, derive(PARENT, 0), -1)]
 
 
 def test_produce_explicit_timestamp_wins(ctx):
@@ -206,9 +208,11 @@ def test_produce_to_rekeyed_stream_also_writes_repartition_topic(ctx):
     ctx.produce("counts", "user-1", {"country": "fr", "count": 1})
     rid = derive(PARENT, 0)
     value = b'{"country":"fr","count":1}'
+    parts = ctx._writer._partitions["p.by_country.counts.repartition"]
     assert ctx.outputs == [
-        ("p.counts", b"user-1", value, 7, rid),
-        ("p.by_country.counts.repartition", key_tag("fr"), value, 7, rid),
+        ("p.counts", b"user-1", value, 7, rid, -1),
+        # keyed by the tag, placed where the plain key "fr" lands (as a str-keyed stream puts it)
+        ("p.by_country.counts.repartition", key_tag("fr"), value, 7, rid, partition_for(b"fr", parts)),
     ]
 
 

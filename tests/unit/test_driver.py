@@ -225,8 +225,6 @@ def test_runs_are_deterministic():
     assert run() == first
 
 
-@pytest.mark.xfail(strict=True, reason="known kwheel bug: a re-keyed input's repartition topic is partitioned by the "
-                   "key's tag (b'u' + key), a direct input by the key's serde bytes, so one key can land in two tasks")
 def test_a_key_read_directly_and_through_a_repartition_topic_has_one_state():
     p = Pipeline("mixed")
     p.stream("a", partitions=4, source=True)
