@@ -24,18 +24,13 @@ MAX_RECORD_BYTES = 1_000_000
 Message = tuple[str, bytes, bytes, int, bytes, int]
 
 
-def _plain(key: Key) -> bytes:
-    """A key's bytes as the str and bytes serdes write them: what places it in a partition."""
-    return key.encode() if isinstance(key, str) else bytes(key)
-
-
 class StreamWriter:
     def __init__(self, pipeline: Pipeline, streams: list[str] | None = None):
         names = list(pipeline.streams) if streams is None else streams
         self._streams: dict[str, tuple[Stream, list[Route]]] = {
             n: (pipeline.streams[n], pipeline.routes(n)) for n in names
         }
-        self._partitions = {t: n for t, (n, _) in pipeline.topics().items()}
+        self._placement = _placements(pipeline)
 
     def encode(self, stream: str, key: Key, value: object, timestamp: int, rid: bytes) -> list[Message]:
         """Encode one record for all its routes; raise SerdeError/PipelineError on bad input."""
@@ -56,13 +51,32 @@ class StreamWriter:
                              f"{MAX_RECORD_BYTES}-byte limit")
         out = [(routes[0].topic, kb, vb, timestamp, rid, -1)]
         for route in routes[1:]:
-            # A repartition record's key is the new key's tag (so its type survives), but it
-            # goes to the partition of the key's plain bytes: where the same key read directly
-            # from a str- or bytes-keyed stream lands, so both reach the same task and state.
             new_key = route.key_by(Record(key, value, timestamp, rid, stream))  # type: ignore[misc]
-            tag = key_tag(new_key)
-            out.append((route.topic, tag, vb, timestamp, rid, partition_for(_plain(new_key), self._partitions[route.topic])))
+            place = self._placement.get(route.topic)
+            partition = -1 if place is None else partition_for(place[0](new_key), place[1])
+            out.append((route.topic, key_tag(new_key), vb, timestamp, rid, partition))
         return out
+
+
+def _placements(pipeline: Pipeline) -> dict[str, tuple[object, int]]:
+    """Repartition topics whose records must land where a directly read input puts the key.
+
+    A repartition record's Kafka key is the new key's tag (so its type survives the trip),
+    and by default it lands where that tag hashes to. A computation that also reads a
+    stream directly sees each key in the partition its serde's bytes hash to there, so its
+    repartition records go to that partition instead: one key, one task, one state.
+    Returns repartition topic -> (the direct input's key encoder, partition count)."""
+    out: dict[str, tuple[object, int]] = {}
+    for c in pipeline.computations.values():
+        direct = [i for i in c.inputs if i.key_by is None]
+        if not direct:
+            continue
+        serde = pipeline.streams[direct[0].stream].key_serde
+        parts = pipeline.streams[direct[0].stream].partitions
+        for i in c.inputs:
+            if i.key_by is not None:
+                out[pipeline.repartition_topic(c.name, i.stream)] = (serde.encode, parts)
+    return out
 
 
 def send(producer: Producer, messages: list[Message]) -> None:

@@ -252,8 +252,9 @@ class Task:
                 txn_next[topic] = offset + 1
                 inp = inputs[topic]
                 headers = m.headers()
-                if headers and headers[0][0] == ID_HEADER and 0 < len(headers[0][1]) <= MAX_ID_BYTES:
-                    rid = headers[0][1]
+                first = headers[0] if headers else None
+                if first is not None and first[0] == ID_HEADER and first[1] and len(first[1]) <= MAX_ID_BYTES:
+                    rid = first[1]
                 else:
                     rid = _record_id(m)
                 dedup = inp.dedup
@@ -273,6 +274,8 @@ class Task:
                     state = KeyState(self._load(tag))
                     ctx.begin(key, tag, state, rid, ts)
                     process_record(ctx, record)
+                    if state.changed or ctx.timer_ops:
+                        self._succeeded(tag, state)  # encodes the state: may fail too
                 except RegistryError:  # the registry, not the record, failed: stop, never dead-letter
                     raise
                 except Exception as e:  # user code and decoding: the error policy decides
@@ -283,8 +286,6 @@ class Task:
                         pending_ids[rid] = m.timestamp()[1]  # dead-lettered: a re-sent copy is a duplicate
                         bloom.add(rid)
                     continue
-                if state.changed or ctx.timer_ops:
-                    self._succeeded(tag, state)
                 if dedup:
                     pending_ids[rid] = ts
                     bloom.add(rid)
@@ -396,13 +397,15 @@ class Task:
         mark = len(self.ctx.outputs)
         try:
             self.computation.process_timer(self.ctx, Timer(key, tag, ts, _DOMAIN_NAMES[domain]))
+            self._succeeded(keytag, state)  # encodes the state: may fail too
+        except RegistryError:  # the registry, not the timer, failed: stop, never dead-letter
+            raise
         except Exception as e:
             del self.ctx.outputs[mark:]
             what = f"failed in timer {tag!r} ({_DOMAIN_NAMES[domain]} {ts}) of key {key!r}"
             body = json.dumps({"timer": tag, "timestamp": ts, "domain": _DOMAIN_NAMES[domain]}).encode()
             self._failed(what, e, keytag[1:], body, ts, rid, f"{self.name} timer {tag!r}")
             return
-        self._succeeded(keytag, state)
         self.counters.timers_fired += 1
 
     def compute_output_watermark(self) -> int:
@@ -553,6 +556,8 @@ class Task:
         else:
             self._fire_seq = 0
         self._watermark_dirty = True  # keep the (monotonic) input watermark for the next batch
+        self.ctx.outputs.clear()  # not yet handed to librdkafka: never sent
+        self.ctx.timer_ops.clear()
         self._end_txn()
 
     def _end_txn(self) -> None:

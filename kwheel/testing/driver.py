@@ -234,6 +234,7 @@ class PipelineDriver:
         for task in self._tasks[computation]:
             p = task.partition
             msgs: list[MemoryMessage] = []
+            starts = {topic: consumer.positions.get((topic, p), 0) for topic in task.inputs}
             for topic in task.inputs:
                 start = consumer.positions.get((topic, p), 0)
                 new = self.log.read(topic, p, start)
@@ -252,6 +253,8 @@ class PipelineDriver:
                 task.fire_timers(self._wall)
             except BaseException:
                 task.abort()  # as the worker does: the batch is replayed next time
+                for topic in task.inputs:  # every input, not only the failed chunk's: from the last commit
+                    consumer.positions[(topic, p)] = task.committed_offsets.get(topic, starts[topic])
                 raise
             task.commit()
         out = min(t.compute_output_watermark() for t in self._tasks[computation])

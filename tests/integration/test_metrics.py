@@ -112,10 +112,13 @@ def test_worker_metrics_count_records_lag_and_watermarks(kafka, name, workers, t
     port = metrics_port(w2)
     changelog = count_outputs(kafka.bootstrap, f"{name}.counter.changelog")
     assert changelog > 0
-    s = wait_until(lambda: (lambda s: s if total(s, "kwheel_restored_records_total") == changelog else None)(scrape(port)),
-                   60, "every changelog record to be restored")
-    assert total(s, "kwheel_tasks") == 3
-    assert total(s, "kwheel_restore_remaining_records") == 0
+
+    def restored(s):  # every record replayed and every task open (not still finishing its restore)
+        return (total(s, "kwheel_restored_records_total") == changelog and total(s, "kwheel_tasks") == 3
+                and total(s, "kwheel_restore_remaining_records") == 0)
+
+    s = wait_until(lambda: (lambda s: s if restored(s) else None)(scrape(port)), 60,
+                   "every changelog record to be restored and every task ready")
     assert total(s, "kwheel_records_in_total") == 0
     assert w2.stop() == 0
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from kwheel.kafka.partitioner import partition_for
-
 from kwheel import Computation, Input, Pipeline
 from kwheel.errors import PipelineError, SerdeError
 from kwheel.ids import derive
@@ -208,11 +206,10 @@ def test_produce_to_rekeyed_stream_also_writes_repartition_topic(ctx):
     ctx.produce("counts", "user-1", {"country": "fr", "count": 1})
     rid = derive(PARENT, 0)
     value = b'{"country":"fr","count":1}'
-    parts = ctx._writer._partitions["p.by_country.counts.repartition"]
     assert ctx.outputs == [
         ("p.counts", b"user-1", value, 7, rid, -1),
-        # keyed by the tag, placed where the plain key "fr" lands (as a str-keyed stream puts it)
-        ("p.by_country.counts.repartition", key_tag("fr"), value, 7, rid, partition_for(b"fr", parts)),
+        # keyed by the tag; by_country reads nothing directly, so the tag places it too
+        ("p.by_country.counts.repartition", key_tag("fr"), value, 7, rid, -1),
     ]
 
 
@@ -342,3 +339,16 @@ def test_timers_do_not_consume_output_ids_or_produce_outputs(ctx):
 
 def test_low_watermark_starts_at_the_minimum(ctx):
     assert ctx.low_watermark == MIN_WATERMARK
+
+
+def test_a_re_keyed_record_lands_where_the_computations_direct_input_puts_its_key():
+    from kwheel.kafka.partitioner import partition_for
+    from kwheel.serde import JSON
+
+    p = Pipeline("p")
+    p.stream("a", partitions=5, key="json", value="json", source=True)  # JSON keys: quoted bytes
+    p.stream("b", partitions=3, value="json", source=True)
+    p.computation("c", Nop, inputs=["a", Input("b", key_by=lambda r: r.value["k"])])
+    [_, (topic, key, _, _, _, partition)] = StreamWriter(p.validate(), ["b"]).encode("b", "x", {"k": "key-7"}, 1, PARENT)
+    assert topic == "p.c.b.repartition" and key == key_tag("key-7")
+    assert partition == partition_for(JSON.encode("key-7"), 5)
