@@ -22,6 +22,10 @@ from . import layout
 log = logging.getLogger("kwheel.store")
 
 
+# Changelog kinds stored as they are, with no derived keys to maintain (first byte as int).
+_PLAIN_KINDS = frozenset({layout.STATE[0], layout.WATERMARK[0]})
+
+
 class TaskStore:
     def __init__(self, path: Path):
         self.path = Path(path)
@@ -77,7 +81,15 @@ class TaskStore:
             return written[k] if k in written else self._db.get(k)
 
         restored_batch = self.next_batch if next_batch is None else 0
+        put, delete = wb.put, wb.delete
+        plain = _PLAIN_KINDS
         for key, value in changes:
+            if key[0] in plain:  # state and watermark: written as they are (most records)
+                if value is None:
+                    delete(key)
+                else:
+                    put(key, value)
+                continue
             kind = key[:1]
             if kind == layout.TIMER:
                 old = old_value(key)
@@ -92,8 +104,9 @@ class TaskStore:
                         wb.delete(layout.SEEN + rid)
                 else:
                     ids = fresh_ids.items() if fresh_ids is not None else layout.decode_id_batch(value)
+                    seen, u64 = layout.SEEN, layout.encode_u64
                     for rid, ts in ids:
-                        wb.put(layout.SEEN + rid, layout.encode_u64(ts))
+                        put(seen + rid, u64(ts))
                     if next_batch is None:
                         # restoring: keep batch numbers ahead of every batch seen
                         restored_batch = max(restored_batch, layout.decode_u64(key[1:]) + 1)
