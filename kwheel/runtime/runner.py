@@ -19,6 +19,13 @@ from ..watermarks.upstream import WatermarkTable
 from .task import Task
 
 HEARTBEAT_S = 1.0
+# Latency: while a batch is open, consume waits at most BUSY_WAIT_S for more records (it
+# otherwise blocks until its batch is full or the loop's timeout passes); a task that has
+# caught up with its input commits once its batch is EARLY_COMMIT_S old instead of waiting
+# for commit_interval_ms. Under a backlog, batches stay full and commits stay rare.
+BUSY_WAIT_S = 0.005
+EARLY_COMMIT_S = 0.02
+MIN_PUBLISH_S = 0.03  # a changed watermark is published at most this often per task
 FENCE_BACK = 3  # a new incarnation fences this many before it (zombies whose successor died early)  # an unchanged watermark is republished this often, so idle stages advance
 
 log = logging.getLogger("kwheel.worker")
@@ -52,6 +59,7 @@ class ComputationRunner:
         self.opening: Task | None = None  # the task being fenced and restored, for metrics
         self.metrics = None  # a WorkerMetrics when the worker serves metrics (runtime/metrics.py)
         self._last_commit = time.monotonic()
+        self._open = False  # some task has an uncommitted batch
         self._fatal: Exception | None = None
         self.consumer.subscribe(self.topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost)
 
@@ -140,6 +148,8 @@ class ComputationRunner:
     @scoped
     def step(self, timeout: float) -> None:
         """Consume one batch, process it by task, and commit when a batch closes."""
+        if self._open:
+            timeout = min(timeout, BUSY_WAIT_S)
         msgs = self.consumer.consume(self.cfg.batch_size, timeout)
         if self._fatal is not None:
             err, self._fatal = self._fatal, None
@@ -160,11 +170,15 @@ class ComputationRunner:
             except Exception:
                 self._abort_task(task)
                 raise
-        due = time.monotonic() - self._last_commit >= self.cfg.commit_interval_ms / 1000
-        if due:
+        since = time.monotonic() - self._last_commit
+        pending = [t.pending for t in self.tasks.values()]
+        self._open = any(pending)
+        if since >= self.cfg.commit_interval_ms / 1000:
             self.tick()
-        elif any(t.pending >= self.cfg.batch_size for t in self.tasks.values()):
+        elif any(n >= self.cfg.batch_size for n in pending):
             self.commit()
+        elif self._open and since >= EARLY_COMMIT_S and len(msgs) < max(1, self.cfg.batch_size // 10):
+            self.tick()  # caught up: make the outputs visible now
 
     def tick(self) -> None:
         """Advance watermarks, fire due timers, commit, then publish watermarks."""
@@ -199,7 +213,7 @@ class ComputationRunner:
             pid = task_producer_id(self.spec.name, p)
             w = max(w, self.table.published(pid))  # never below what an earlier owner said
             last = self._published.get(p)
-            if last is None or last[0] != w or now - last[1] >= HEARTBEAT_S:
+            if last is None or (last[0] != w and now - last[1] >= MIN_PUBLISH_S) or now - last[1] >= HEARTBEAT_S:
                 todo[p] = (task, w, pid)
         if not todo:
             return
@@ -239,6 +253,7 @@ class ComputationRunner:
             if self.metrics is not None and task.counters.commits != commits:
                 self.metrics.committed(self.spec.name, task.txn_began, started, time.monotonic())
         self._last_commit = time.monotonic()
+        self._open = False
 
     def _abort_task(self, task: Task) -> None:
         try:
