@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
@@ -19,8 +20,8 @@ from ..watermarks.upstream import WatermarkTable
 from .task import Task
 
 HEARTBEAT_S = 1.0
-# Latency: while a batch is open, consume waits at most BUSY_WAIT_S for more records (it
-# otherwise blocks until its batch is full or the loop's timeout passes); a task that has
+# Latency: while a batch is open, the consumer waits at most BUSY_WAIT_S for more records
+# before the loop checks whether to commit; a task that has
 # caught up with its input commits once its batch is EARLY_COMMIT_S old instead of waiting
 # for commit_interval_ms. Under a backlog, batches stay full and commits stay rare.
 BUSY_WAIT_S = 0.005
@@ -60,6 +61,7 @@ class ComputationRunner:
         self.metrics = None  # a WorkerMetrics when the worker serves metrics (runtime/metrics.py)
         self._last_commit = time.monotonic()
         self._open = False  # some task has an uncommitted batch
+        self._pool: ThreadPoolExecutor | None = None  # commits tasks in parallel
         self._fatal: Exception | None = None
         self.consumer.subscribe(self.topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost)
 
@@ -150,7 +152,12 @@ class ComputationRunner:
         """Consume one batch, process it by task, and commit when a batch closes."""
         if self._open:
             timeout = min(timeout, BUSY_WAIT_S)
-        msgs = self.consumer.consume(self.cfg.batch_size, timeout)
+        # consume(n, t) waits until it has n records or t passed: at a low rate every record
+        # would wait out t. Wait for the first record only, then take what is already there.
+        first = self.consumer.poll(timeout)
+        msgs = [] if first is None else [first]
+        if first is not None and self.cfg.batch_size > 1:
+            msgs += self.consumer.consume(self.cfg.batch_size - 1, 0)
         if self._fatal is not None:
             err, self._fatal = self._fatal, None
             raise err
@@ -241,19 +248,44 @@ class ComputationRunner:
 
     def commit(self) -> None:
         """Commit every task's open batch. A fenced task ends the worker (FencedError):
-        another process owns it now, and a restart rejoins the group cleanly."""
-        for p, task in list(self.tasks.items()):
-            commits, started = task.counters.commits, time.monotonic()
-            try:
-                task.commit()
-            except FencedError:
-                del self.tasks[p]
-                task.close()
-                raise
-            if self.metrics is not None and task.counters.commits != commits:
-                self.metrics.committed(self.spec.name, task.txn_began, started, time.monotonic())
+        another process owns it now, and a restart rejoins the group cleanly.
+
+        Tasks commit in parallel threads: each has its own producer and store, and most of
+        a commit is waiting on the broker (librdkafka releases the GIL), so the tasks'
+        round trips overlap instead of adding up."""
+        todo = [(p, t) for p, t in self.tasks.items() if t.needs_commit]
+        if len(todo) > 1:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix=f"kwheel-commit-{self.spec.name}")
+            results = [(p, t, self._pool.submit(self._commit_task, t)) for p, t in todo]
+            failures = []
+            for p, task, future in results:
+                try:
+                    future.result()
+                except Exception as e:
+                    failures.append((p, task, e))
+        else:
+            failures = []
+            for p, task in todo:
+                try:
+                    self._commit_task(task)
+                except Exception as e:
+                    failures.append((p, task, e))
         self._last_commit = time.monotonic()
         self._open = False
+        for p, task, e in failures:
+            if isinstance(e, FencedError):
+                del self.tasks[p]
+                task.close()
+        if failures:
+            fenced = [e for _, _, e in failures if isinstance(e, FencedError)]
+            raise (fenced or [failures[0][2]])[0]
+
+    def _commit_task(self, task: Task) -> None:
+        commits, started = task.counters.commits, time.monotonic()
+        task.commit()
+        if self.metrics is not None and task.counters.commits != commits:
+            self.metrics.committed(self.spec.name, task.txn_began, started, time.monotonic())
 
     def _abort_task(self, task: Task) -> None:
         try:
@@ -276,3 +308,5 @@ class ComputationRunner:
         for task in self.tasks.values():
             task.close()
         self.tasks.clear()
+        if self._pool is not None:
+            self._pool.shutdown()

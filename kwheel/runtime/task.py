@@ -207,6 +207,11 @@ class Task:
     def pending(self) -> int:
         return self._txn_records
 
+    @property
+    def needs_commit(self) -> bool:
+        """An open transaction, or a watermark change to record."""
+        return self._in_txn or self._watermark_dirty
+
     def _begin(self) -> None:
         if not self._in_txn:
             try:
