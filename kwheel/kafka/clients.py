@@ -14,6 +14,11 @@ from ..errors import BrokerError
 
 # Java-compatible key hashing: keys land where Kafka Streams and Java producers put them.
 PARTITIONER = "murmur2_random"
+# Largest fetch response a consumer accepts. Kafka bounds responses by fetch.max.bytes
+# (50 MB by default), but some brokers (the embedded test broker among them) answer a fetch
+# with everything after the offset: a restore of a large changelog then failed forever
+# with "Invalid response size" (found by the long chaos run). librdkafka's limit is 2 GiB.
+RECEIVE_MAX_BYTES = 1_000_000_000
 KAFKA_LOG = logging.getLogger("kwheel.librdkafka")
 
 log = logging.getLogger("kwheel.kafka")
@@ -67,6 +72,7 @@ def group_consumer_config(cfg: WorkerConfig, group_id: str, instance_id: str | N
             "max.poll.interval.ms": max(cfg.transaction_timeout_ms * 2, cfg.session_timeout_ms),
             "fetch.wait.max.ms": 50,
             "queued.min.messages": 20000,
+            "receive.message.max.bytes": RECEIVE_MAX_BYTES,
             # EOF events move the position past trailing transaction markers, which is
             # how a task knows it consumed up to a producer's watermark positions
             "enable.partition.eof": True,
@@ -91,6 +97,7 @@ def reader_config(cfg: WorkerConfig) -> dict:
             "auto.offset.reset": "earliest",
             "enable.partition.eof": True,
             "fetch.wait.max.ms": 20,
+            "receive.message.max.bytes": RECEIVE_MAX_BYTES,
         }
     )
     return conf
