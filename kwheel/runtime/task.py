@@ -194,11 +194,21 @@ class Task:
 
     @scoped
     def close(self) -> None:
-        if self._in_txn:
-            self.abort()
+        """Let go of the task: abort what is open, then close the store. A producer that is
+        fenced or failed has nothing left to deliver, so its errors end here: closing must
+        not crash a worker (it runs in rebalance callbacks)."""
+        try:
+            if self._in_txn:
+                self.abort()
+        except Exception as e:
+            log.warning("%s: abort on close failed: %s", self.name, e)
+            self._discard()
         log.info("%s: closed %s", self.name, json.dumps(asdict(self.counters)))
         if self.producer is not None:
-            self.producer.flush(5)
+            try:
+                self.producer.flush(5)
+            except KafkaException as e:
+                log.info("%s: producer gone (%s)", self.name, e.args[0].str() if e.args else e)
             self.producer = None
         self.store.close()
 
