@@ -96,7 +96,10 @@ class Driver:
         old.pause()
         self.note(f"SIGSTOP {slot} (pid {old.pid}): it becomes a zombie")
         new = self.start(slot, fresh_state=True)  # restarted elsewhere: the hung one holds its disk
-        wait_until(lambda: "assigned and ready" in new.log() or not new.alive(), 60, f"{slot}'s replacement to take over")
+        try:
+            wait_until(lambda: "assigned and ready" in new.log() or not new.alive(), 60, f"{slot}'s replacement to take over")
+        except TimeoutError:  # seen on the embedded broker: the coordinator holds the zombie's place
+            self.note(f"{slot}'s replacement got no partitions in 60 s; resuming the zombie anyway")
         old.resume()
         self.note(f"SIGCONT {slot} zombie (pid {old.pid})")
         # One of the two must give up, saying it was fenced. On Kafka it is the zombie; the
