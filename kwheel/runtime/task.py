@@ -238,6 +238,9 @@ class Task:
         if err.code() in (KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH) \
                 or "fenced" in err.str().lower():
             return FencedError(f"task {self.name} was fenced: another worker owns it now ({err.str()})")
+        if err.code() == KafkaError._FATAL:  # a transactional producer's fatal error is, in practice, fencing
+            return FencedError(f"task {self.name} was fenced or its producer failed for good: "
+                               f"another worker may own it now ({err.str()})")
         return BrokerError(f"task {self.name}: producer failed: {err.str()}")
 
     @scoped

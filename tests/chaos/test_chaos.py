@@ -125,6 +125,12 @@ class Driver:
         if not self.dynamic:
             return self.add()
         w = self.dynamic.pop(self.rng.randrange(len(self.dynamic)))
+        if not w.alive():  # it ended on its own: fenced by a newer owner of one of its tasks
+            rc = w.proc.returncode
+            tail = [line for line in w.log().splitlines() if line.startswith("kwheel: error")][-1:]
+            self.note(f"remove dynamic worker (pid {w.pid}): it had exited by itself with {rc}: {tail}")
+            assert rc != 0 and tail and "fenced" in tail[0], w.log()[-3000:]
+            return
         rc = w.stop(60)
         self.note(f"remove dynamic worker (pid {w.pid}) with SIGTERM: exit {rc}")
         assert rc == 0, w.log()[-3000:]
