@@ -19,15 +19,15 @@ from ..watermarks.transport import WatermarkPublisher
 from ..watermarks.upstream import WatermarkTable
 from .task import Task
 
-HEARTBEAT_S = 1.0
+HEARTBEAT_S = 1.0  # an unchanged watermark is republished this often, so idle stages advance
+MIN_PUBLISH_S = 0.03  # a changed watermark is published at most this often per task
 # Latency: while a batch is open, the consumer waits at most BUSY_WAIT_S for more records
-# before the loop checks whether to commit; a task that has
-# caught up with its input commits once its batch is EARLY_COMMIT_S old instead of waiting
-# for commit_interval_ms. Under a backlog, batches stay full and commits stay rare.
+# before the loop checks whether to commit; a task that has caught up with its input
+# commits once its batch is EARLY_COMMIT_S old instead of waiting for commit_interval_ms.
+# Under a backlog, batches stay full and commits stay rare.
 BUSY_WAIT_S = 0.005
 EARLY_COMMIT_S = 0.02
-MIN_PUBLISH_S = 0.03  # a changed watermark is published at most this often per task
-FENCE_BACK = 3  # a new incarnation fences this many before it (zombies whose successor died early)  # an unchanged watermark is republished this often, so idle stages advance
+FENCE_BACK = 3  # a new incarnation fences this many before it (zombies whose successor died early)
 
 log = logging.getLogger("kwheel.worker")
 
