@@ -352,3 +352,13 @@ def test_describe_masks_secrets_and_url_passwords(tmp_path):
     assert "s3cret" not in repr(shown) and "BEGIN" not in repr(shown)
     assert masked("schema_registry_url", "https://user:pw@sr.example.com:8081/x") == "https://user:***@sr.example.com:8081/x"
     assert masked("schema_registry_url", "http://sr:8081") == "http://sr:8081"
+
+
+def test_consumers_accept_fetch_replies_larger_than_librdkafkas_default():
+    """The embedded broker answers a fetch with everything after the offset; a restore of a
+    large changelog failed for ever at librdkafka's 100 MB default (long chaos run)."""
+    from kwheel.kafka import clients
+
+    cfg = WorkerConfig(bootstrap_servers="127.0.0.1:1")
+    for conf in (clients.reader_config(cfg), clients.group_consumer_config(cfg, "g", None)):
+        assert conf["receive.message.max.bytes"] >= 1_000_000_000
