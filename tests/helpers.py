@@ -96,10 +96,14 @@ def changelog_state(bootstrap: str, topic: str) -> dict:
 
 
 def read_controls(bootstrap: str, pipeline_name: str):
-    """Every watermark control record of a pipeline, in publication order."""
+    """The watermark control records of a pipeline that readers use, in publication order:
+    without those a zombie wrote after its task's next owner announced itself."""
     from kwheel.watermarks.control import Control
+    from kwheel.watermarks.upstream import WatermarkTable
 
-    return [Control.decode(r.value) for r in read_committed(bootstrap, f"{pipeline_name}.watermarks")]
+    table = WatermarkTable()
+    controls = [Control.decode(r.value) for r in read_committed(bootstrap, f"{pipeline_name}.watermarks")]
+    return [c for c in controls if table.add(c)]
 
 
 def latest_watermark(bootstrap: str, pipeline_name: str, prefix: str) -> int:

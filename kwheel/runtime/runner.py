@@ -110,14 +110,20 @@ class ComputationRunner:
         self._committed[(committed.topic, committed.partition)] = to
 
     def _announce(self, p: int) -> int:
-        """Claim the next incarnation of task ``p`` on the watermark topic, before using it."""
+        """Claim the next incarnation of task ``p`` on the watermark topic, before using it.
+
+        From the announcement on, every reader drops what older incarnations publish (a
+        zombie's watermarks). Reading the topic back up to it takes in whatever the old
+        owner published before it, so this one resumes at or above that."""
         pid = task_producer_id(self.spec.name, p)
         incarnation = self.table.incarnation(pid) + 1
         control = Control(pid, TASK, self.streams_out, self.table.published(pid), [], int(time.time() * 1000),
                           incarnation=incarnation)
         self.publisher.publish(control)
         self.publisher.flush()
-        self.table.add(control)
+        self.catch_up()
+        if self.table.incarnation(pid) < incarnation:  # no reader behind this runner (unit tests)
+            self.table.add(control)
         return incarnation
 
     def _on_revoke(self, consumer: Consumer, parts: list[TopicPartition]) -> None:
@@ -216,8 +222,10 @@ class ComputationRunner:
         now = time.monotonic()
         todo = {}
         for p, task in self.tasks.items():
-            w = task.compute_output_watermark()
             pid = task_producer_id(self.spec.name, p)
+            if self.table.incarnation(pid) > task.incarnation:
+                continue  # a newer owner announced itself: readers would drop this (see WatermarkTable)
+            w = task.compute_output_watermark()
             w = max(w, self.table.published(pid))  # never below what an earlier owner said
             last = self._published.get(p)
             if last is None or (last[0] != w and now - last[1] >= MIN_PUBLISH_S) or now - last[1] >= HEARTBEAT_S:

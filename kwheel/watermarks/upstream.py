@@ -20,16 +20,29 @@ HISTORY = 64  # control records kept per producer for position checks
 
 
 class WatermarkTable:
-    """The recent control records of every producer, as read from the watermark topic."""
+    """The recent control records of every producer, as read from the watermark topic.
+
+    A task's new owner announces its incarnation on the topic before it touches the task.
+    A control written after that by an older incarnation comes from a zombie: a process
+    that lost the task but does not know yet. Its state is stale, so its watermark may
+    pass timers the new owner has set since; every reader drops it (``add`` says so).
+    """
 
     def __init__(self) -> None:
         self.entries: dict[str, deque[Control]] = {}
+        self._incarnations: dict[str, int] = {}
 
-    def add(self, c: Control) -> None:
+    def add(self, c: Control) -> bool:
+        """Keep ``c``, unless a newer incarnation of its producer was announced before it."""
+        newest = self._incarnations.get(c.producer, 0)
+        if c.incarnation < newest:
+            return False
+        self._incarnations[c.producer] = c.incarnation
         dq = self.entries.get(c.producer)
         if dq is None:
             dq = self.entries[c.producer] = deque(maxlen=HISTORY)
         dq.append(c)
+        return True
 
     def latest(self, producer: str) -> Control | None:
         dq = self.entries.get(producer)
@@ -42,8 +55,7 @@ class WatermarkTable:
 
     def incarnation(self, producer: str) -> int:
         """The newest incarnation a task announced (0 when none)."""
-        dq = self.entries.get(producer)
-        return max((c.incarnation for c in dq), default=0) if dq else 0
+        return self._incarnations.get(producer, 0)
 
     def injectors_of(self, stream: str) -> list[str]:
         return [p for p, dq in self.entries.items() if dq and dq[-1].kind == INJECTOR and stream in dq[-1].streams]

@@ -275,3 +275,48 @@ def test_seen_ids_are_forgotten_once_the_watermark_passes_the_horizon(kafka, nam
     mid = [json.loads(r.value) for r in read_committed(kafka.bootstrap, f"{name}.mid")]
     assert [(m["seq"], m["late"]) for m in mid] == [(1, False), (1, True)]
     assert worker_stats(w.log(), "tagger")["duplicates"] == 1
+
+
+def test_a_zombie_watermark_after_the_next_owner_announced_is_ignored(kafka, name, workers):
+    """A process that lost its task but does not know yet may still publish a watermark
+    from stale state; once the next owner announced itself, no one may use it."""
+    from kwheel.watermarks.control import TASK, Control
+    from kwheel.watermarks.transport import WatermarkPublisher
+
+    p = three_stage(name)
+    setup_topics(kafka.bootstrap, p)
+    t0 = (int(time.time() * 1000) // 1000 - 600) * 1000
+    inj = Injector(p, "source", ["events"], WorkerConfig(bootstrap_servers=kafka.bootstrap), instance="i0")
+    for i in range(400):
+        inj.send("events", f"k{i % 13}", {"seq": i}, timestamp=t0 + i * 10)
+    inj.advance(t0 + 2_000)
+    inj.publish()
+    w = workers(REF, name, slot="s0")
+    wait_until(lambda: latest_watermark(kafka.bootstrap, name, "task:counter/") >= t0 + 2_000, 30, "first watermarks")
+    assert w.stop() == 0
+    w = workers(REF, name, slot="s0", tag="s0-again")  # incarnation 2 of every task announces itself
+    tagger = "task:tagger/0"
+
+    def raw():
+        return [Control.decode(r.value) for r in read_committed(kafka.bootstrap, f"{name}.watermarks")]
+
+    wait_until(lambda: any(c.producer == tagger and c.incarnation == 2 for c in raw()), 30, "the new owner's announcement")
+    stale = t0 + 3_600_000  # far beyond anything the injector allows
+    zombie = WatermarkPublisher(WorkerConfig(bootstrap_servers=kafka.bootstrap), f"{name}.watermarks")
+    zombie.publish(Control(tagger, TASK, ["mid"], stale, [], int(time.time() * 1000), incarnation=1))
+    zombie.flush()
+    for i in range(400, 800):
+        inj.send("events", f"k{i % 13}", {"seq": i}, timestamp=t0 + i * 10)
+    inj.advance(t0 + 6_000)
+    inj.publish()
+    wait_until(lambda: latest_watermark(kafka.bootstrap, name, "task:counter/") >= t0 + 6_000, 30, "watermarks to move on")
+    inj.close(final=True)
+    wait_until(lambda: latest_watermark(kafka.bootstrap, name, "task:counter/") == MAX_WATERMARK, 30, "end of input")
+    assert w.stop() == 0
+    controls = raw()
+    assert any(c.watermark == stale for c in controls)  # it is on the topic...
+    assert all(c.watermark != stale for c in read_controls(kafka.bootstrap, name))  # ...and readers drop it
+    owner = [c.watermark for c in controls if c.producer == tagger and c.incarnation == 2 and c.watermark < MAX_WATERMARK]
+    assert owner and max(owner) < stale, "the new owner took over the zombie's watermark"
+    check_monotonic(read_controls(kafka.bootstrap, name))
+    check_windows(kafka, name, [(f"k{i % 13}", t0 + i * 10, i) for i in range(800)])

@@ -44,8 +44,8 @@ def injector(w, positions=(), pid=INJ1, streams=("events",), final=False) -> Con
     return Control(pid, INJECTOR, list(streams), w, list(positions), 0, final=final)
 
 
-def task(pid, w, positions=(), streams=("mid",)) -> Control:
-    return Control(pid, TASK, list(streams), w, list(positions), 0)
+def task(pid, w, positions=(), streams=("mid",), incarnation=0) -> Control:
+    return Control(pid, TASK, list(streams), w, list(positions), 0, incarnation=incarnation)
 
 
 def at(**offsets: int):
@@ -93,6 +93,31 @@ def test_table_keeps_only_recent_history_per_producer():
     assert len(t.entries[A0]) == HISTORY
     assert t.entries[A0][0].watermark == 10
     assert len(t.entries[A1]) == 1
+
+
+def test_a_zombie_control_after_its_successor_announced_is_dropped():
+    # incarnation 1 published 5; incarnation 2 announced itself carrying 5; the zombie
+    # (still incarnation 1) then publishes 9 from stale state: no reader may use it
+    t = WatermarkTable()
+    assert t.add(task(A0, 5, incarnation=1))
+    assert t.add(task(A0, 5, incarnation=2))
+    assert not t.add(task(A0, 9, incarnation=1))
+    assert t.published(A0) == 5
+    assert t.latest(A0).incarnation == 2
+    assert t.incarnation(A0) == 2
+    assert t.add(task(A0, 7, incarnation=2))
+    assert t.published(A0) == 7
+
+
+def test_what_an_old_incarnation_published_before_the_announcement_counts():
+    t = table_of(task(A0, 5, incarnation=1), task(A0, 8, incarnation=1), task(A0, 6, incarnation=2))
+    assert t.published(A0) == 8  # the new owner resumes at or above it
+
+
+def test_the_incarnation_survives_the_history_limit():
+    t = table_of(task(A0, 0, incarnation=3), *(task(A0, i, incarnation=4) for i in range(HISTORY + 1)))
+    assert t.incarnation(A0) == 4
+    assert not t.add(task(A0, 10**6, incarnation=3))
 
 
 def test_injectors_of_a_stream():
