@@ -212,6 +212,9 @@ def _table_value(value: object, where: str) -> str:
 _TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
 
 
+_NUMBERS = {int: (int, "an integer"), float: ((int, float), "a number")}  # type -> (TOML types taken, name)
+
+
 def _convert(typ: object, value: object, *, text: bool, where: str) -> object:
     """``value`` as ``typ`` (int, float, bool, str, Path, or one of them ``| None``).
     Environment values are text (``text=True``; empty means None for optional fields);
@@ -229,24 +232,16 @@ def _convert(typ: object, value: object, *, text: bool, where: str) -> object:
         if text and value.lower() in _TRUE | _FALSE:  # type: ignore[union-attr]
             return value.lower() in _TRUE  # type: ignore[union-attr]
         raise ConfigError(f"{where}: expected true or false")
-    if typ is int:
-        try:
-            if text:
-                return int(value)  # type: ignore[arg-type]
-        except ValueError:
-            pass
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise ConfigError(f"{where}: expected an integer")
-    if typ is float:
-        try:
-            if text:
-                return float(value)  # type: ignore[arg-type]
-        except ValueError:
-            pass
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        raise ConfigError(f"{where}: expected a number")
+    if typ in _NUMBERS:
+        accepted, name = _NUMBERS[typ]
+        if text:
+            try:
+                return typ(value)  # type: ignore[operator]
+            except ValueError:
+                raise ConfigError(f"{where}: expected {name}") from None
+        if isinstance(value, accepted) and not isinstance(value, bool):
+            return typ(value)  # type: ignore[operator]
+        raise ConfigError(f"{where}: expected {name}")
     if typ in (str, Path):
         if isinstance(value, str):
             return typ(value)  # type: ignore[operator]

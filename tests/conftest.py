@@ -116,9 +116,4 @@ def workers(kafka, tmp_path):
 
     yield make
     for w in started:
-        if w.alive():
-            w.resume()
-            try:
-                w.stop(30)
-            except TimeoutError:
-                pass
+        w.stop_quietly()

@@ -171,9 +171,4 @@ class PipelineRun:
                 pass
         self._injectors = {}
         for w in self.workers:
-            if w.alive():
-                w.resume()
-                try:
-                    w.stop(30)
-                except TimeoutError:
-                    pass
+            w.stop_quietly()

@@ -77,6 +77,15 @@ class WorkerProcess:
             self.proc.wait(10)
             raise TimeoutError(f"worker did not stop within {timeout_s}s after SIGTERM; log: {self.log_path}")
 
+    def stop_quietly(self, timeout_s: float = 30.0) -> None:
+        """Clean-up after a test: resume the worker if paused, stop it, kill it if it hangs."""
+        if self.alive():
+            self.resume()
+            try:
+                self.stop(timeout_s)
+            except TimeoutError:
+                pass  # stop() killed it
+
     def wait(self, timeout_s: float) -> int:
         assert self.proc is not None
         return self.proc.wait(timeout_s)
