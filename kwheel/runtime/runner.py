@@ -77,6 +77,7 @@ class ComputationRunner:
                 # fences the previous owners first: the offsets below are final
                 self.opening = task
                 task.open(incarnation, fence_from=max(0, incarnation - FENCE_BACK))
+                self._check_still_owner(task)
                 self.tasks[p] = task
             for tp in consumer.committed(parts, timeout=self.cfg.startup_timeout_s):
                 self._committed[(tp.topic, tp.partition)] = max(tp.offset, 0)
@@ -125,6 +126,18 @@ class ComputationRunner:
         if self.table.incarnation(pid) < incarnation:  # no reader behind this runner (unit tests)
             self.table.add(control)
         return incarnation
+
+    def _check_still_owner(self, task: Task) -> None:
+        """Fencing by transactional id holds only if this process opened its id before the
+        next owner fenced it: a process paused while opening (a zombie) would reopen it on
+        waking and could write again. The next owner announces itself before fencing, so
+        if no newer incarnation is on the topic now, this one's id is the live one."""
+        self.catch_up()
+        newer = self.table.incarnation(task_producer_id(self.spec.name, task.partition))
+        if newer > task.incarnation:
+            task.close()
+            raise FencedError(f"task {task.name} was fenced: incarnation {newer} took it over while this process "
+                              f"was opening incarnation {task.incarnation}")
 
     def _on_revoke(self, consumer: Consumer, parts: list[TopicPartition]) -> None:
         for p in sorted({tp.partition for tp in parts}):

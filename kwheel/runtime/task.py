@@ -155,12 +155,11 @@ class Task:
         test broker among them) hide a fenced producer's later records from readers that
         were waiting on its aborted transaction, so a successor must not reuse it."""
         base = self.pipeline.transactional_id(self.spec.name, self.partition)
-        timeout = self.cfg.startup_timeout_s
+        deadline = time.monotonic() + self.cfg.startup_timeout_s
         for n in range(fence_from, incarnation):
-            Producer(clients.transactional_producer_config(self.cfg, f"{base}.{n}")).init_transactions(timeout)
+            self._init_transactions(f"{base}.{n}", deadline)
         self.incarnation = incarnation
-        self.producer = Producer(clients.transactional_producer_config(self.cfg, f"{base}.{incarnation}"))
-        self.producer.init_transactions(timeout)
+        self.producer = self._init_transactions(f"{base}.{incarnation}", deadline)
         started = time.monotonic()
         n = restore(self.store, clients.reader_config(self.cfg), self.changelog, self.partition, self.cfg.startup_timeout_s,
                     progress=self._restoring)
@@ -169,6 +168,28 @@ class Task:
         if n:
             log.info("%s: restored %d changelog records in %.2fs", self.name, n, time.monotonic() - started)
         self._load_store()
+
+    def _init_transactions(self, transactional_id: str, deadline: float) -> Producer:
+        """A producer holding ``transactional_id``, whoever held it before fenced.
+
+        A timeout is retried until ``deadline``, and at least once: a process paused in the
+        middle of the call (a zombie being resumed) finds its time used up on waking."""
+        producer = Producer(clients.transactional_producer_config(self.cfg, transactional_id))
+        tries = 0
+        while True:
+            tries += 1
+            try:
+                producer.init_transactions(max(1.0, deadline - time.monotonic()))
+                return producer
+            except KafkaException as e:
+                err = e.args[0]
+                failed = self._producer_failed(e)
+                if isinstance(failed, FencedError) or not (err.retriable() or err.code() == KafkaError._TIMED_OUT):
+                    raise failed from None
+                if tries > 1 and time.monotonic() >= deadline:
+                    raise BrokerError(f"task {self.name}: could not open transactional id {transactional_id!r} "
+                                      f"within startup_timeout_s={self.cfg.startup_timeout_s:g}: {err.str()}") from None
+                log.warning("%s: opening transactional id %r: %s; retrying", self.name, transactional_id, err.str())
 
     def _load_store(self) -> None:
         """Take up the store as restored: batch numbers, watermark, timers, seen ids; then set

@@ -5,7 +5,10 @@ from confluent_kafka import Consumer
 
 from kwheel.config import WorkerConfig
 from kwheel.errors import FencedError
+from kwheel.runtime.runner import ComputationRunner
 from kwheel.runtime.task import Task
+from kwheel.watermarks.transport import WatermarkPublisher, WatermarkReader
+from kwheel.watermarks.upstream import WatermarkTable
 from kwheel.testing.readers import read_committed
 from tests.helpers import inject, make_events, setup_topics
 from tests.pipelines.counting import keyed_count
@@ -44,3 +47,59 @@ def test_new_owner_fences_the_old_one_and_its_batch_vanishes(kafka, name, tmp_pa
     assert len(read_committed(kafka.bootstrap, f"{name}.counts")) == 50
     new.close()
     group.close()
+
+
+def test_a_fenced_id_opened_again_writes_again(kafka, name, tmp_path):
+    """Why fencing by transactional id is not enough alone: a process paused in the middle
+    of opening its task (a zombie) opens its id again when it wakes, after the successor
+    fenced it, and that id can then commit. The check below is what stops it."""
+    p = keyed_count(name, partitions=1).validate()
+    setup_topics(kafka.bootstrap, p)
+    inject(kafka.bootstrap, p, make_events(20, keys=5))
+    msgs = _messages(kafka.bootstrap, f"{name}.events", 0, 20)
+    group = Consumer({"bootstrap.servers": kafka.bootstrap, "group.id": p.group_id("counter"), "log_level": 0})
+    spec = p.computations["counter"]
+    new = Task(p, spec, 0, WorkerConfig(bootstrap_servers=kafka.bootstrap, state_dir=tmp_path / "new"), group)
+    new.open(2, fence_from=0)  # incarnation 1's id is fenced now
+    zombie = Task(p, spec, 0, WorkerConfig(bootstrap_servers=kafka.bootstrap, state_dir=tmp_path / "zombie"), group)
+    zombie.open(1)  # ...and opened again by the zombie finishing its open
+    zombie.process(msgs)
+    zombie.commit()
+    assert len(read_committed(kafka.bootstrap, f"{name}.counts")) == 20
+    for t in (new, zombie):
+        t.close()
+    group.close()
+
+
+def test_an_owner_that_finishes_opening_after_its_successor_announced_gives_up(kafka, name, tmp_path):
+    p = keyed_count(name, partitions=1).validate()
+    setup_topics(kafka.bootstrap, p)
+
+    def process(state: str) -> ComputationRunner:
+        """What a worker process builds: its watermark table, reader, publisher and runner."""
+        cfg = WorkerConfig(bootstrap_servers=kafka.bootstrap, state_dir=tmp_path / state)
+        table = WatermarkTable()
+        reader = WatermarkReader(cfg, p.watermark_topic(), table)
+        reader.catch_up(10)
+        runner = ComputationRunner(p, "counter", cfg, table, WatermarkPublisher(cfg, p.watermark_topic()),
+                                   lambda: reader.catch_up(10))
+        runner.test_reader = reader
+        return runner
+
+    zombie, successor = process("zombie"), process("successor")
+    assert zombie._announce(0) == 1
+    # the zombie pauses here; its successor is assigned the task, announces and opens it
+    successor.catch_up()  # as _on_assign does first
+    assert successor._announce(0) == 2
+    task = Task(p, p.computations["counter"], 0, successor.cfg, successor.consumer)
+    task.open(2, fence_from=0)
+    successor._check_still_owner(task)  # the newest incarnation: goes on
+    # the zombie wakes and finishes opening incarnation 1, reopening its fenced id
+    stale = Task(p, p.computations["counter"], 0, zombie.cfg, zombie.consumer)
+    stale.open(1)
+    with pytest.raises(FencedError, match=r"incarnation 2 took it over while this process was opening incarnation 1"):
+        zombie._check_still_owner(stale)
+    task.close()
+    for r in (zombie, successor):
+        r.consumer.close()
+        r.test_reader.close()

@@ -71,3 +71,49 @@ def test_closing_a_task_whose_producer_was_fenced_does_not_raise(driver, task, c
         task.close()
     assert task.producer is None
     assert "producer gone (Local: Fatal error)" in caplog.text
+
+
+class ScriptedInit:
+    """Stands in for confluent_kafka.Producer in Task.open: init_transactions fails with
+    the scripted errors, then succeeds."""
+
+    errors: list[KafkaError] = []
+    calls = 0
+
+    def __init__(self, conf):
+        self.transactional_id = conf["transactional.id"]
+
+    def init_transactions(self, timeout):
+        type(self).calls += 1
+        if self.errors:
+            raise KafkaException(self.errors.pop(0))
+
+
+TIMED_OUT = KafkaError(KafkaError._TIMED_OUT, "Timed out waiting for operation to finish, retry call to resume",
+                       retriable=True)
+
+
+def test_opening_retries_a_timed_out_init_even_past_the_deadline_once(task, monkeypatch):
+    # a zombie paused inside init_transactions wakes with its time used up: one more try
+    monkeypatch.setattr("kwheel.runtime.task.Producer", ScriptedInit)
+    ScriptedInit.errors, ScriptedInit.calls = [TIMED_OUT], 0
+    producer = task._init_transactions("driven.counter.0.3", deadline=0.0)
+    assert producer.transactional_id == "driven.counter.0.3"
+    assert ScriptedInit.calls == 2
+
+
+def test_opening_gives_up_after_the_deadline_with_one_line(task, monkeypatch):
+    monkeypatch.setattr("kwheel.runtime.task.Producer", ScriptedInit)
+    ScriptedInit.errors, ScriptedInit.calls = [TIMED_OUT, TIMED_OUT, TIMED_OUT], 0
+    with pytest.raises(BrokerError, match=r"could not open transactional id 'driven.counter.0.3' within "
+                                          r"startup_timeout_s=\d+: Timed out"):
+        task._init_transactions("driven.counter.0.3", deadline=0.0)
+    assert ScriptedInit.calls == 2
+
+
+def test_opening_a_fenced_id_is_fenced_at_once(task, monkeypatch):
+    monkeypatch.setattr("kwheel.runtime.task.Producer", ScriptedInit)
+    ScriptedInit.errors, ScriptedInit.calls = [KafkaError(KafkaError.PRODUCER_FENCED, "Producer fenced")], 0
+    with pytest.raises(FencedError):
+        task._init_transactions("driven.counter.0.3", deadline=1e18)
+    assert ScriptedInit.calls == 1
