@@ -45,6 +45,7 @@ class Driver:
         self.static: dict[str, WorkerProcess] = {}
         self.dynamic: list[WorkerProcess] = []
         self.faults = defaultdict(int)
+        self.group_restarts = 0  # driver remedies for the embedded broker's coordinator
         self.generation = defaultdict(int)
         self.t0 = time.monotonic()
 
@@ -188,8 +189,36 @@ class Driver:
             wait_until(settled, 120, "the consumer groups to settle", interval_s=0.5)
         except TimeoutError:
             self.note(f"groups did not settle: {last[0]}")
-            raise
+            self.restart_group(last[0].split(":")[0])
+            try:
+                wait_until(settled, 120, "the consumer groups to settle after restarting a group", interval_s=0.5)
+            except TimeoutError:
+                self.note(f"groups did not settle: {last[0]}")
+                raise
         self.note(f"groups settled after {time.monotonic() - started:.1f}s")
+
+    def restart_group(self, comp: str) -> None:
+        """The embedded broker's coordinator can hold a group in PREPARING_REBALANCE for
+        good (docs/reliability.md). What an operator would try: restart its workers one at
+        a time, so every member rejoins afresh. Counted apart from the faults."""
+        self.note(f"restarting {comp}'s workers one at a time")
+        self.group_restarts += 1
+        for slot in sorted(s for s in self.static if s.startswith(comp)):
+            w = self.static[slot]
+            w.stopped_by_driver = True
+            try:
+                rc = w.stop(60)
+            except TimeoutError:
+                rc = "killed after 60 s"
+            self.note(f"stop {slot}: exit {rc}")
+            self.start(slot)
+        for w in [w for w in self.dynamic if comp in " ".join(w.args)]:
+            self.dynamic.remove(w)
+            try:
+                rc = w.stop(60)
+            except TimeoutError:
+                rc = "killed after 60 s"
+            self.note(f"remove dynamic worker (pid {w.pid}) with SIGTERM: exit {rc}")
 
     def stop_all(self) -> None:
         for slot, w in sorted(self.static.items()):
@@ -261,7 +290,7 @@ def test_chaos(kafka, name, workers, tmp_path):
                 d.fault()
         while sum(d.faults.values()) < MIN_FAULTS:
             d.fault()
-        d.note(f"injection done; faults {dict(d.faults)}")
+        d.note(f"injection done; faults {dict(d.faults)}; group restarts {d.group_restarts}")
         wait_until(lambda: latest_watermark(kafka.bootstrap, name, "task:region_windows/") == MAX_WATERMARK,
                    180 if not LONG else 1800, "the last stage to see the end of input")
         d.stop_all()
