@@ -76,8 +76,12 @@ class ComputationRunner:
                 incarnation = self._announce(p)
                 # fences the previous owners first: the offsets below are final
                 self.opening = task
-                task.open(incarnation, fence_from=max(0, incarnation - FENCE_BACK))
-                self._check_still_owner(task)
+                try:
+                    task.open(incarnation, fence_from=max(0, incarnation - FENCE_BACK),
+                              check_owner=self._check_still_owner)
+                except Exception:
+                    task.close()  # its store and producer: the error itself goes out of step()
+                    raise
                 self.tasks[p] = task
             for tp in consumer.committed(parts, timeout=self.cfg.startup_timeout_s):
                 self._committed[(tp.topic, tp.partition)] = max(tp.offset, 0)
@@ -135,7 +139,6 @@ class ComputationRunner:
         self.catch_up()
         newer = self.table.incarnation(task_producer_id(self.spec.name, task.partition))
         if newer > task.incarnation:
-            task.close()
             raise FencedError(f"task {task.name} was fenced: incarnation {newer} took it over while this process "
                               f"was opening incarnation {task.incarnation}")
 

@@ -16,6 +16,7 @@ import json
 import logging
 import struct
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from hashlib import blake2b
 
@@ -146,8 +147,9 @@ class Task:
 
     # ---- lifecycle ---------------------------------------------------------------------
     @scoped
-    def open(self, incarnation: int = 1, fence_from: int = 0) -> None:
+    def open(self, incarnation: int = 1, fence_from: int = 0, check_owner: Callable[[Task], None] | None = None) -> None:
         """Fence earlier owners, then bring the store up to the end of the changelog.
+        ``check_owner`` runs between the two (and raises if this process lost the task).
 
         Each incarnation of a task writes with its own transactional id, ``<task>.<n>``,
         and fences the ones before it (``fence_from`` .. ``incarnation - 1``) by opening
@@ -160,6 +162,8 @@ class Task:
             self._init_transactions(f"{base}.{n}", deadline)
         self.incarnation = incarnation
         self.producer = self._init_transactions(f"{base}.{incarnation}", deadline)
+        if check_owner is not None:
+            check_owner(self)
         started = time.monotonic()
         n = restore(self.store, clients.reader_config(self.cfg), self.changelog, self.partition, self.cfg.startup_timeout_s,
                     progress=self._restoring)

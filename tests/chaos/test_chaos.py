@@ -106,7 +106,7 @@ class Driver:
         # One of the two must give up, saying it was fenced. On Kafka it is the zombie; the
         # embedded broker's coordinator sometimes lets the resumed zombie rejoin, and then
         # the zombie (as a new incarnation) fences its replacement instead.
-        loser = wait_until(lambda: next((w for w in (old, new) if not w.alive()), None), 60,
+        loser = wait_until(lambda: next((w for w in (old, new) if not w.alive()), None), 120 if LONG else 60,
                            f"the zombie {slot} or its replacement to stop")
         winner = new if loser is old else old
         rc = loser.wait(10)

@@ -92,13 +92,12 @@ def test_an_owner_that_finishes_opening_after_its_successor_announced_gives_up(k
     successor.catch_up()  # as _on_assign does first
     assert successor._announce(0) == 2
     task = Task(p, p.computations["counter"], 0, successor.cfg, successor.consumer)
-    task.open(2, fence_from=0)
-    successor._check_still_owner(task)  # the newest incarnation: goes on
+    task.open(2, fence_from=0, check_owner=successor._check_still_owner)  # the newest incarnation: goes on
     # the zombie wakes and finishes opening incarnation 1, reopening its fenced id
     stale = Task(p, p.computations["counter"], 0, zombie.cfg, zombie.consumer)
-    stale.open(1)
     with pytest.raises(FencedError, match=r"incarnation 2 took it over while this process was opening incarnation 1"):
-        zombie._check_still_owner(stale)
+        stale.open(1, check_owner=zombie._check_still_owner)
+    stale.close()
     task.close()
     for r in (zombie, successor):
         r.consumer.close()
