@@ -34,6 +34,14 @@ DISORDER_MS = 200
 COMPUTATIONS = ("user_windows", "region_windows")
 # Sessions outlive a broker stall, so a stall is a stall (clients retry), not a rebalance storm.
 WORKER_ENV = {"KWHEEL_SESSION_TIMEOUT_MS": "30000"}
+# Short mode: small transactions, many of them, so faults land inside open ones. Long mode:
+# a second per transaction, so a key's changelog record covers a second of its records.
+# The embedded broker holds every record in memory and snapshots it all to JSON as it
+# runs; with 100 ms transactions the changelog nearly matched the input, the broker peaked
+# at 20 GB of this machine's 24 and its CPU left the workers draining at 200 records/s.
+BATCH_SIZE = "5000" if LONG else "500"
+if LONG:
+    WORKER_ENV["KWHEEL_COMMIT_INTERVAL_MS"] = "1000"
 
 
 class Driver:
@@ -58,7 +66,7 @@ class Driver:
         g = self.generation[slot]
         state = self.tmp / (f"state-{slot}-{g}" if fresh_state else f"state-{slot}")
         w = self.make(REF, self.name, slot=slot, state_dir=state, tag=f"{slot}.{g}",
-                      args=["--computation", comp, "--batch-size", "500"], env=WORKER_ENV)
+                      args=["--computation", comp, "--batch-size", BATCH_SIZE], env=WORKER_ENV)
         self.static[slot] = w
         self.note(f"start {slot} (gen {g}, pid {w.pid}, {'fresh' if fresh_state else 'kept'} state)")
         return w
@@ -118,7 +126,7 @@ class Driver:
     def add(self) -> None:
         comp = self.rng.choice(COMPUTATIONS)
         w = self.make(REF, self.name, tag=f"dyn-{comp}-{len(self.dynamic)}",
-                      args=["--computation", comp, "--batch-size", "500"], env=WORKER_ENV)
+                      args=["--computation", comp, "--batch-size", BATCH_SIZE], env=WORKER_ENV)
         self.dynamic.append(w)
         self.note(f"add dynamic {comp} worker (pid {w.pid})")
 
