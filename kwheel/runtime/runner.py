@@ -72,8 +72,8 @@ class ComputationRunner:
             if fresh:
                 self.catch_up()  # the newest incarnation every task announced
             for p in fresh:
-                task = Task(self.pipeline, self.spec, p, self.cfg, consumer)
                 incarnation = self._announce(p)
+                task = Task(self.pipeline, self.spec, p, self.cfg, consumer)
                 # fences the previous owners first: the offsets below are final
                 self.opening = task
                 try:
@@ -125,7 +125,9 @@ class ComputationRunner:
         control = Control(pid, TASK, self.streams_out, self.table.published(pid), [], int(time.time() * 1000),
                           incarnation=incarnation)
         self.publisher.publish(control)
-        self.publisher.flush()
+        if self.publisher.flush(self.cfg.startup_timeout_s):  # the fencing below relies on it being there
+            raise BrokerError(f"task {pid}: could not announce incarnation {incarnation} on the watermark topic "
+                              f"within startup_timeout_s={self.cfg.startup_timeout_s:g}")
         self.catch_up()
         if self.table.incarnation(pid) < incarnation:  # no reader behind this runner (unit tests)
             self.table.add(control)

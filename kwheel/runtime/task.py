@@ -40,6 +40,7 @@ from .context import EVENT, WALL, KeyState, TaskContext
 from .timers import TimerTable
 
 log = logging.getLogger("kwheel.task")
+RETRY_BACKOFF_S = 0.2  # between attempts to open a transactional id
 
 ERROR_HEADER = "kwheel.error"
 SOURCE_HEADER = "kwheel.source"
@@ -187,13 +188,14 @@ class Task:
                 return producer
             except KafkaException as e:
                 err = e.args[0]
-                failed = self._producer_failed(e)
+                failed = self._classify(err)
                 if isinstance(failed, FencedError) or not (err.retriable() or err.code() == KafkaError._TIMED_OUT):
                     raise failed from None
                 if tries > 1 and time.monotonic() >= deadline:
                     raise BrokerError(f"task {self.name}: could not open transactional id {transactional_id!r} "
                                       f"within startup_timeout_s={self.cfg.startup_timeout_s:g}: {err.str()}") from None
                 log.warning("%s: opening transactional id %r: %s; retrying", self.name, transactional_id, err.str())
+                time.sleep(RETRY_BACKOFF_S)  # a retriable error may come back at once
 
     def _load_store(self) -> None:
         """Take up the store as restored: batch numbers, watermark, timers, seen ids; then set
@@ -258,8 +260,11 @@ class Task:
 
     def _producer_failed(self, e: KafkaException) -> Exception:
         """A producer error outside commit: fenced or fatal means this task is done here."""
-        err = e.args[0]
         self._discard()
+        return self._classify(e.args[0])
+
+    def _classify(self, err: KafkaError) -> Exception:
+        """The error to end the task with for a producer error: fenced, or a broker error."""
         if err.code() in (KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH) \
                 or "fenced" in err.str().lower():
             return FencedError(f"task {self.name} was fenced: another worker owns it now ({err.str()})")

@@ -84,5 +84,6 @@ class WatermarkPublisher:
         self._producer.produce(self.topic, control.encode(), control.producer.encode(), timestamp=control.wall_time)
         self._producer.poll(0)
 
-    def flush(self, timeout_s: float = 10.0) -> None:
-        self._producer.flush(timeout_s)
+    def flush(self, timeout_s: float = 10.0) -> int:
+        """Wait for delivery; the number of control records still undelivered."""
+        return self._producer.flush(timeout_s)
