@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
@@ -36,7 +37,7 @@ class ComputationRunner:
     """Consumes the computation's input topics and drives one Task per assigned partition."""
 
     def __init__(self, pipeline: Pipeline, computation: str, cfg: WorkerConfig,
-                 table: WatermarkTable, publisher: WatermarkPublisher, catch_up=lambda: None):
+                 table: WatermarkTable, publisher: WatermarkPublisher, catch_up: Callable[[], None]):
         self.pipeline = pipeline
         self.spec = pipeline.computations[computation]
         self.cfg = cfg
@@ -129,8 +130,6 @@ class ComputationRunner:
             raise BrokerError(f"task {pid}: could not announce incarnation {incarnation} on the watermark topic "
                               f"within startup_timeout_s={self.cfg.startup_timeout_s:g}")
         self.catch_up()
-        if self.table.incarnation(pid) < incarnation:  # no reader behind this runner (unit tests)
-            self.table.add(control)
         return incarnation
 
     def _check_still_owner(self, task: Task) -> None:

@@ -30,14 +30,11 @@ class WatermarkTable:
 
     def __init__(self) -> None:
         self.entries: dict[str, deque[Control]] = {}
-        self._incarnations: dict[str, int] = {}
 
     def add(self, c: Control) -> bool:
         """Keep ``c``, unless a newer incarnation of its producer was announced before it."""
-        newest = self._incarnations.get(c.producer, 0)
-        if c.incarnation < newest:
+        if c.incarnation < self.incarnation(c.producer):
             return False
-        self._incarnations[c.producer] = c.incarnation
         dq = self.entries.get(c.producer)
         if dq is None:
             dq = self.entries[c.producer] = deque(maxlen=HISTORY)
@@ -54,8 +51,10 @@ class WatermarkTable:
         return max((c.watermark for c in dq), default=MIN_WATERMARK) if dq else MIN_WATERMARK
 
     def incarnation(self, producer: str) -> int:
-        """The newest incarnation a task announced (0 when none)."""
-        return self._incarnations.get(producer, 0)
+        """The newest incarnation a task announced (0 when none): the latest kept record's,
+        since ``add`` keeps incarnations from going down."""
+        dq = self.entries.get(producer)
+        return dq[-1].incarnation if dq else 0
 
     def injectors_of(self, stream: str) -> list[str]:
         return [p for p, dq in self.entries.items() if dq and dq[-1].kind == INJECTOR and stream in dq[-1].streams]

@@ -27,17 +27,28 @@ def _messages(bootstrap, topic, partition, n):
     return out
 
 
-def test_new_owner_fences_the_old_one_and_its_batch_vanishes(kafka, name, tmp_path):
+def _one_partition(kafka, name, tmp_path, n):
+    """A one-partition keyed count with n events in, those events, a group consumer, and
+    a maker of tasks for partition 0, each with its own state directory."""
     p = keyed_count(name, partitions=1).validate()
     setup_topics(kafka.bootstrap, p)
-    inject(kafka.bootstrap, p, make_events(50, keys=5))
-    msgs = _messages(kafka.bootstrap, f"{name}.events", 0, 50)
+    inject(kafka.bootstrap, p, make_events(n, keys=5))
+    msgs = _messages(kafka.bootstrap, f"{name}.events", 0, n)
     group = Consumer({"bootstrap.servers": kafka.bootstrap, "group.id": p.group_id("counter"), "log_level": 0})
-    spec = p.computations["counter"]
-    old = Task(p, spec, 0, WorkerConfig(bootstrap_servers=kafka.bootstrap, state_dir=tmp_path / "old"), group)
+
+    def task(state: str) -> Task:
+        cfg = WorkerConfig(bootstrap_servers=kafka.bootstrap, state_dir=tmp_path / state)
+        return Task(p, p.computations["counter"], 0, cfg, group)
+
+    return p, msgs, group, task
+
+
+def test_new_owner_fences_the_old_one_and_its_batch_vanishes(kafka, name, tmp_path):
+    p, msgs, group, task = _one_partition(kafka, name, tmp_path, 50)
+    old = task("old")
     old.open()
     old.process(msgs[:30])  # an open transaction with outputs and changelog to come
-    new = Task(p, spec, 0, WorkerConfig(bootstrap_servers=kafka.bootstrap, state_dir=tmp_path / "new"), group)
+    new = task("new")
     new.open(2, fence_from=0)  # opens the ids of incarnations 0 and 1 first: the old producer is fenced
     with pytest.raises(FencedError, match="fenced"):
         old.commit()
@@ -53,15 +64,10 @@ def test_a_fenced_id_opened_again_writes_again(kafka, name, tmp_path):
     """Why fencing by transactional id is not enough alone: a process paused in the middle
     of opening its task (a zombie) opens its id again when it wakes, after the successor
     fenced it, and that id can then commit. The check below is what stops it."""
-    p = keyed_count(name, partitions=1).validate()
-    setup_topics(kafka.bootstrap, p)
-    inject(kafka.bootstrap, p, make_events(20, keys=5))
-    msgs = _messages(kafka.bootstrap, f"{name}.events", 0, 20)
-    group = Consumer({"bootstrap.servers": kafka.bootstrap, "group.id": p.group_id("counter"), "log_level": 0})
-    spec = p.computations["counter"]
-    new = Task(p, spec, 0, WorkerConfig(bootstrap_servers=kafka.bootstrap, state_dir=tmp_path / "new"), group)
+    p, msgs, group, task = _one_partition(kafka, name, tmp_path, 20)
+    new = task("new")
     new.open(2, fence_from=0)  # incarnation 1's id is fenced now
-    zombie = Task(p, spec, 0, WorkerConfig(bootstrap_servers=kafka.bootstrap, state_dir=tmp_path / "zombie"), group)
+    zombie = task("zombie")
     zombie.open(1)  # ...and opened again by the zombie finishing its open
     zombie.process(msgs)
     zombie.commit()

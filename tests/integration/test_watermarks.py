@@ -40,6 +40,14 @@ def inject_disordered(kafka, p, events, injector=None, close=True):
     return inj
 
 
+def send_steady(inj, seqs, keys, t0, watermark):
+    """Events seq at t0 + 10 ms * seq over ``keys`` keys, then the injector's watermark."""
+    for i in seqs:
+        inj.send("events", f"k{i % keys}", {"seq": i}, timestamp=t0 + i * 10)
+    inj.advance(watermark)
+    inj.publish()
+
+
 def window_reference(events):
     return Counter((key, ts // 1000 * 1000) for key, ts, _ in events)
 
@@ -231,10 +239,7 @@ def test_status_shows_lag_watermarks_and_counters(kafka, name, workers):
     setup_topics(kafka.bootstrap, p)
     t0 = (int(time.time() * 1000) // 1000 - 60) * 1000
     inj = Injector(p, "source", ["events"], WorkerConfig(bootstrap_servers=kafka.bootstrap), instance="i0")
-    for i in range(500):
-        inj.send("events", f"k{i % 9}", {"seq": i}, timestamp=t0 + i * 10)
-    inj.advance(t0 + 5000)
-    inj.publish()
+    send_steady(inj, range(500), 9, t0, t0 + 5000)
     before = json.loads(_status(kafka, name, "--json"))
     tagger = next(c for c in before["computations"] if c["name"] == "tagger")
     assert tagger["lag"] == 500 and tagger["low_watermark"] is None and tagger["processed"] == 0
@@ -287,10 +292,7 @@ def test_a_zombie_watermark_after_the_next_owner_announced_is_ignored(kafka, nam
     setup_topics(kafka.bootstrap, p)
     t0 = (int(time.time() * 1000) // 1000 - 600) * 1000
     inj = Injector(p, "source", ["events"], WorkerConfig(bootstrap_servers=kafka.bootstrap), instance="i0")
-    for i in range(400):
-        inj.send("events", f"k{i % 13}", {"seq": i}, timestamp=t0 + i * 10)
-    inj.advance(t0 + 2_000)
-    inj.publish()
+    send_steady(inj, range(400), 13, t0, t0 + 2_000)
     w = workers(REF, name, slot="s0")
     wait_until(lambda: latest_watermark(kafka.bootstrap, name, "task:counter/") >= t0 + 2_000, 30, "first watermarks")
     assert w.stop() == 0
@@ -305,10 +307,7 @@ def test_a_zombie_watermark_after_the_next_owner_announced_is_ignored(kafka, nam
     zombie = WatermarkPublisher(WorkerConfig(bootstrap_servers=kafka.bootstrap), f"{name}.watermarks")
     zombie.publish(Control(tagger, TASK, ["mid"], stale, [], int(time.time() * 1000), incarnation=1))
     zombie.flush()
-    for i in range(400, 800):
-        inj.send("events", f"k{i % 13}", {"seq": i}, timestamp=t0 + i * 10)
-    inj.advance(t0 + 6_000)
-    inj.publish()
+    send_steady(inj, range(400, 800), 13, t0, t0 + 6_000)
     wait_until(lambda: latest_watermark(kafka.bootstrap, name, "task:counter/") >= t0 + 6_000, 30, "watermarks to move on")
     inj.close(final=True)
     wait_until(lambda: latest_watermark(kafka.bootstrap, name, "task:counter/") == MAX_WATERMARK, 30, "end of input")
