@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..pipeline import Pipeline
 from . import MAX_WATERMARK, MIN_WATERMARK
-from .control import INJECTOR, Control, task_producer_id
+from .control import INJECTOR, TASK, Control, task_producer_id
 
 HISTORY = 64  # control records kept per producer for position checks
 
@@ -35,6 +35,11 @@ class WatermarkTable:
         """Keep ``c``, unless a newer incarnation of its producer was announced before it."""
         if c.incarnation < self.incarnation(c.producer):
             return False
+        floor = self.published(c.producer)
+        if c.kind == TASK and c.watermark < floor:
+            # a task never goes below what it published: a new owner's announcement may be
+            # computed before it read its predecessor's last control
+            c = replace(c, watermark=floor)
         dq = self.entries.get(c.producer)
         if dq is None:
             dq = self.entries[c.producer] = deque(maxlen=HISTORY)

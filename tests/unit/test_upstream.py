@@ -80,6 +80,12 @@ def test_latest_is_the_last_added():
 def test_published_is_the_max_ever_published_not_the_latest():
     t = table_of(task(A0, 5), task(A0, 9), task(A0, 3))
     assert t.published(A0) == 9
+
+
+def test_a_task_never_goes_below_what_it_published():
+    # a new owner's announcement computed before it read its predecessor's last control
+    t = table_of(task(A0, 9, incarnation=3), task(A0, 4, incarnation=4))
+    assert t.latest(A0).watermark == 9 and t.latest(A0).incarnation == 4
     assert t.published(A1) == MIN_WATERMARK
 
 
