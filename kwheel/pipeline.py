@@ -12,6 +12,11 @@ from .record import Key, Record
 
 KeyExtractor = Callable[[Record], Key]
 
+# delete.retention.ms kwheel sets on changelog topics (and requires of existing ones): how
+# long compaction keeps a tombstone. A local store older than a safe fraction of this is
+# rebuilt (kwheel.state.restore.STALE_AFTER_MS), so it cannot miss a deleted key, timer or id.
+CHANGELOG_DELETE_RETENTION_MS = 24 * 3600 * 1000
+
 
 @dataclass(frozen=True)
 class Stream:
@@ -248,7 +253,8 @@ class Pipeline:
             need[s.topic] = (s.partitions, {})
         need[self.watermark_topic()] = (1, {"cleanup.policy": "compact"})
         for c in self.computations.values():
-            need[self.changelog_topic(c.name)] = (c.partitions, {"cleanup.policy": "compact"})
+            need[self.changelog_topic(c.name)] = (c.partitions, {
+                "cleanup.policy": "compact", "delete.retention.ms": str(CHANGELOG_DELETE_RETENTION_MS)})
             for ti in self.task_inputs(c.name):
                 if ti.repartitioned:
                     need[ti.topic] = (c.partitions, {})

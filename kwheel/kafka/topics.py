@@ -52,13 +52,35 @@ def check_topics(client: AdminClient, pipeline: Pipeline) -> None:
         futs = client.describe_configs([ConfigResource("topic", n) for n in compacted])
         for res, fut in futs.items():
             try:
-                policy = fut.result().get("cleanup.policy")
+                have = fut.result()
             except KafkaException:
                 continue  # the broker cannot describe configs: nothing to check against
+            policy = have.get("cleanup.policy")
             if policy is not None and "compact" not in (policy.value or ""):
                 raise TopicMismatchError(
                     f"changelog topic {res.name!r} has cleanup.policy={policy.value}, needs compact"
                 )
+            _check_delete_retention(res.name, need[res.name][1], have)
+
+
+def _check_delete_retention(name: str, conf: dict[str, str], have: dict) -> None:
+    """A topic keeping tombstones shorter than kwheel sets could hand a restore a store
+    that missed deletes (see kwheel.state.restore.STALE_AFTER_MS); longer is fine."""
+    want = conf.get("delete.retention.ms")
+    entry = have.get("delete.retention.ms")
+    if want is None or entry is None:
+        return
+    try:
+        value = int(entry.value)
+    except (TypeError, ValueError):
+        return  # not reported as a number: nothing to check against
+    if value < int(want):
+        raise TopicMismatchError(
+            f"changelog topic {name!r} has delete.retention.ms={value}, needs at least {want}"
+            f" (or deleted keys, timers and seen ids can come back after a restore); fix: kafka-configs"
+            f" --bootstrap-server <servers> --alter --entity-type topics --entity-name {name}"
+            f" --add-config delete.retention.ms={want}"
+        )
 
 
 def _wait_visible(client: AdminClient, names: list[str], timeout_s: float = 10.0) -> None:

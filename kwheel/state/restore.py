@@ -10,15 +10,18 @@ from collections.abc import Callable
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from ..errors import BrokerError
+from ..pipeline import CHANGELOG_DELETE_RETENTION_MS
 from .store import TaskStore
 
 log = logging.getLogger("kwheel.restore")
 
 CHUNK = 20000
 CHECKPOINT_EVERY = 100_000  # records between flushes of a restoring store
-# Compacted topics drop tombstones after delete.retention.ms (default 24 h): a store last
-# applied longer ago than that could miss a delete, so it is rebuilt from scratch.
-STALE_AFTER_MS = 20 * 3600 * 1000
+# Compacted topics drop tombstones after delete.retention.ms, which kwheel sets on its
+# changelogs (and check_topics requires of existing ones): a store last applied longer ago
+# than that could miss a delete, so it is rebuilt from scratch. 5/6 of it (20 h of 24 h)
+# leaves a margin for clock skew and the time a restore takes.
+STALE_AFTER_MS = CHANGELOG_DELETE_RETENTION_MS * 5 // 6
 
 
 def restore(store: TaskStore, reader_conf: dict, topic: str, partition: int, timeout_s: float = 30.0,

@@ -6,7 +6,7 @@ import pytest
 
 from kwheel import Computation, Input, Pipeline
 from kwheel.errors import PipelineError
-from kwheel.pipeline import Route, TaskInput
+from kwheel.pipeline import CHANGELOG_DELETE_RETENTION_MS, Route, TaskInput
 from kwheel.serde import JSON, STR
 
 
@@ -319,9 +319,25 @@ def test_topics_of_simple_pipeline():
     assert simple().topics() == {
         "p.events": (4, {}),
         "p.counts": (4, {}),
-        "p.counter.changelog": (4, {"cleanup.policy": "compact"}),
+        "p.counter.changelog": (4, {"cleanup.policy": "compact", "delete.retention.ms": "86400000"}),
         "p.watermarks": (1, {"cleanup.policy": "compact"}),
     }
+
+
+def test_changelog_topics_keep_tombstones_as_long_as_the_stale_store_rule_assumes():
+    from kwheel.state.restore import STALE_AFTER_MS
+
+    p = Pipeline("p")
+    p.stream("events", partitions=3, source=True)
+    p.stream("mid", partitions=3)
+    p.computation("a", Nop, inputs=["events"], outputs=["mid"])
+    p.computation("b", Nop, inputs=[Input("mid", key_by=by_country)], partitions=5)
+    changelogs = {n: c for n, (_, c) in p.topics().items() if n.endswith(".changelog")}
+    assert set(changelogs) == {"p.a.changelog", "p.b.changelog"}
+    for conf in changelogs.values():
+        assert conf["delete.retention.ms"] == str(CHANGELOG_DELETE_RETENTION_MS) == "86400000"
+    # a store older than the stale threshold is rebuilt before any tombstone it missed can go
+    assert STALE_AFTER_MS == 20 * 3600 * 1000 < CHANGELOG_DELETE_RETENTION_MS
 
 
 def test_watermark_topic_is_named_after_the_pipeline():
@@ -347,7 +363,7 @@ def test_topics_repartition_topic_has_the_computations_partition_count():
     topics = p.topics()
     assert topics["p.events"] == (3, {})
     assert topics["p.agg.events.repartition"] == (7, {})
-    assert topics["p.agg.changelog"] == (7, {"cleanup.policy": "compact"})
+    assert topics["p.agg.changelog"] == (7, {"cleanup.policy": "compact", "delete.retention.ms": "86400000"})
 
 
 def test_topics_validates_first():
