@@ -15,7 +15,8 @@ from ..errors import BrokerError, FencedError
 from ..kafka import clients
 from ..logs import about, scoped
 from ..pipeline import Pipeline
-from ..watermarks.control import TASK, Control, task_producer_id
+from ..watermarks.control import task_producer_id
+from ..watermarks.ownership import announcement, owner_control, still_owner
 from ..watermarks.transport import WatermarkPublisher
 from ..watermarks.upstream import WatermarkTable
 from .task import Task
@@ -73,13 +74,13 @@ class ComputationRunner:
             if fresh:
                 self.catch_up()  # the newest incarnation every task announced
             for p in fresh:
-                incarnation = self._announce(p)
+                incarnation, token = self._announce(p)
                 task = Task(self.pipeline, self.spec, p, self.cfg, consumer)
                 # fences the previous owners first: the offsets below are final
                 self.opening = task
                 try:
                     task.open(incarnation, fence_from=max(0, incarnation - FENCE_BACK),
-                              check_owner=self._check_still_owner)
+                              check_owner=self._check_still_owner, owner=token)
                 except Exception:
                     task.close()  # its store and producer: the error itself goes out of step()
                     raise
@@ -115,33 +116,32 @@ class ComputationRunner:
                 tp.offset = to
         self._committed[(committed.topic, committed.partition)] = to
 
-    def _announce(self, p: int) -> int:
+    def _announce(self, p: int) -> tuple[int, str]:
         """Claim the next incarnation of task ``p`` on the watermark topic, before using it.
 
-        From the announcement on, every reader drops what older incarnations publish (a
+        From the announcement on, every reader drops what earlier openings publish (a
         zombie's watermarks). Reading the topic back up to it takes in whatever the old
-        owner published before it, so this one resumes at or above that."""
+        owner published before it, so this one resumes at or above that (ownership.py)."""
         pid = task_producer_id(self.spec.name, p)
-        incarnation = self.table.incarnation(pid) + 1
-        control = Control(pid, TASK, self.streams_out, self.table.published(pid), [], int(time.time() * 1000),
-                          incarnation=incarnation)
+        control = announcement(self.table, pid, self.streams_out, int(time.time() * 1000))
         self.publisher.publish(control)
         if self.publisher.flush(self.cfg.startup_timeout_s):  # the fencing below relies on it being there
-            raise BrokerError(f"task {pid}: could not announce incarnation {incarnation} on the watermark topic "
-                              f"within startup_timeout_s={self.cfg.startup_timeout_s:g}")
+            raise BrokerError(f"task {pid}: could not announce incarnation {control.incarnation} on the watermark "
+                              f"topic within startup_timeout_s={self.cfg.startup_timeout_s:g}")
         self.catch_up()
-        return incarnation
+        return control.incarnation, control.owner
 
     def _check_still_owner(self, task: Task) -> None:
         """Fencing by transactional id holds only if this process opened its id before the
         next owner fenced it: a process paused while opening (a zombie) would reopen it on
         waking and could write again. The next owner announces itself before fencing, so
-        if no newer incarnation is on the topic now, this one's id is the live one."""
+        if no later announcement is on the topic now, this one's id is the live one."""
         self.catch_up()
-        newer = self.table.incarnation(task_producer_id(self.spec.name, task.partition))
-        if newer > task.incarnation:
-            raise FencedError(f"task {task.name} was fenced: incarnation {newer} took it over while this process "
-                              f"was opening incarnation {task.incarnation}")
+        pid = task_producer_id(self.spec.name, task.partition)
+        if not still_owner(self.table, pid, task.incarnation, task.owner):
+            newer = self.table.owner(pid)
+            raise FencedError(f"task {task.name} was fenced: incarnation {newer[0] if newer else '?'} took it over "
+                              f"while this process was opening incarnation {task.incarnation}")
 
     def _on_revoke(self, consumer: Consumer, parts: list[TopicPartition]) -> None:
         for p in sorted({tp.partition for tp in parts}):
@@ -239,25 +239,25 @@ class ComputationRunner:
         now = time.monotonic()
         todo = {}
         for p, task in self.tasks.items():
-            pid = task_producer_id(self.spec.name, p)
-            if self.table.incarnation(pid) > task.incarnation:
-                continue  # a newer owner announced itself: readers would drop this (see WatermarkTable)
-            w = task.compute_output_watermark()
-            w = max(w, self.table.published(pid))  # never below what an earlier owner said
             last = self._published.get(p)
+            w = max(task.compute_output_watermark(), self.table.published(task_producer_id(self.spec.name, p)))
             if last is None or (last[0] != w and now - last[1] >= MIN_PUBLISH_S) or now - last[1] >= HEARTBEAT_S:
-                todo[p] = (task, w, pid)
+                todo[p] = task
         if not todo:
             return
         ends = self.publisher.end_offsets(self.output_partitions)
+        positions = [(t, q, o) for (t, q), o in ends.items()]
         wall = int(time.time() * 1000)
-        for p, (task, w, pid) in todo.items():
-            positions = [(t, q, o) for (t, q), o in ends.items()]
-            control = Control(pid, TASK, self.streams_out, w, positions, wall, task.input_watermark, stats=task.stats(),
-                              incarnation=task.incarnation)
+        for p, task in todo.items():
+            pid = task_producer_id(self.spec.name, p)
+            control = owner_control(self.table, pid, task.incarnation, task.owner, self.streams_out,
+                                    task.compute_output_watermark(), positions, wall, task.input_watermark,
+                                    task.stats())
+            if control is None:
+                continue  # a newer opening announced itself: readers would drop this (ownership.py)
             self.publisher.publish(control)
             self.table.add(control)
-            self._published[p] = (w, now)
+            self._published[p] = (control.watermark, now)
 
     def _consumer_error(self, err: KafkaError) -> None:
         if err.code() == KafkaError._PARTITION_EOF:

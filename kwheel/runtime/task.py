@@ -121,6 +121,7 @@ class Task:
         self.store = TaskStore(cfg.state_dir / pipeline.name / spec.name / str(partition))
         self.producer: Producer | None = None
         self.incarnation = 0
+        self.owner = ""  # the token this opening announced with (watermarks/ownership.py)
         self.computation = spec.factory()
         self.timers = TimerTable(self.store)
         # watermarks: of the inputs (persisted, monotonic) and the one this task publishes
@@ -148,7 +149,8 @@ class Task:
 
     # ---- lifecycle ---------------------------------------------------------------------
     @scoped
-    def open(self, incarnation: int = 1, fence_from: int = 0, check_owner: Callable[[Task], None] | None = None) -> None:
+    def open(self, incarnation: int = 1, fence_from: int = 0, check_owner: Callable[[Task], None] | None = None,
+             owner: str = "") -> None:
         """Fence earlier owners, then bring the store up to the end of the changelog.
         ``check_owner`` runs between the two (and raises if this process lost the task).
 
@@ -162,6 +164,7 @@ class Task:
         for n in range(fence_from, incarnation):
             self._init_transactions(f"{base}.{n}", deadline)
         self.incarnation = incarnation
+        self.owner = owner
         self.producer = self._init_transactions(f"{base}.{incarnation}", deadline)
         if check_owner is not None:
             check_owner(self)
@@ -596,14 +599,15 @@ class Task:
                                   f"after an abort: {e}") from None
 
     def _discard(self) -> None:
-        """Forget the batch: state, timers and the fire sequence go back to the store's."""
+        """Forget the batch: state, timers, the fire sequence and the input watermark go back
+        to the store's. The input watermark may have been raised from positions that include
+        the batch's records; kept, it would make their replay late."""
         self.timers.discard()
         raw = self.store.get(layout.WATERMARK)
-        if raw is not None:
-            _, self._fire_seq = _WATERMARK_VALUE.unpack(raw)
-        else:
-            self._fire_seq = 0
-        self._watermark_dirty = True  # keep the (monotonic) input watermark for the next batch
+        self.input_watermark, self._fire_seq = _WATERMARK_VALUE.unpack(raw) if raw is not None else (MIN_WATERMARK, 0)
+        self.ctx.low_watermark = self.input_watermark
+        self.upstream.rewound()
+        self._watermark_dirty = False
         self.ctx.outputs.clear()  # not yet handed to librdkafka: never sent
         self.ctx.timer_ops.clear()
         self._end_txn()

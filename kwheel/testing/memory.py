@@ -70,6 +70,7 @@ class MemoryLog:
         self._logs: dict[tuple[str, int], list[MemoryMessage]] = {}
         self._by_topic: dict[str, list[MemoryMessage]] = {t: [] for t in topics}
         self.group_offsets: dict[tuple[str, str, int], int] = {}  # (group, topic, partition) -> next offset
+        self.epochs: dict[str, int] = {}  # transactional id -> epoch of its latest init_transactions
         self._seq = 0
 
     def _count(self, topic: str) -> int:
@@ -119,11 +120,20 @@ class MemoryProducer:
         self._offsets: list[tuple[str, str, int, int]] = []
         self.commits = 0
         self.aborts = 0
+        self._epoch: int | None = None  # None until init_transactions: never fenced
 
     def init_transactions(self, timeout: float | None = None) -> None:
-        pass
+        """Take the transactional id, fencing whoever held it before (as Kafka bumps the epoch)."""
+        self._epoch = self.log.epochs[self.transactional_id] = self.log.epochs.get(self.transactional_id, 0) + 1
+        self._reset()
+
+    def _check_fenced(self) -> None:
+        if self._epoch is not None and self.log.epochs[self.transactional_id] != self._epoch:
+            self._reset()
+            raise KafkaException(KafkaError(KafkaError._FENCED, f"{self.transactional_id}: fenced by a newer producer"))
 
     def begin_transaction(self) -> None:
+        self._check_fenced()
         if self._in_txn:
             raise _state_error(f"{self.transactional_id}: a transaction is already open")
         self._in_txn = True
@@ -142,6 +152,7 @@ class MemoryProducer:
         self._offsets.extend((str(group_metadata), tp.topic, tp.partition, tp.offset) for tp in offsets)
 
     def commit_transaction(self, timeout: float | None = None) -> None:
+        self._check_fenced()
         if not self._in_txn:
             raise _state_error(f"{self.transactional_id}: no transaction to commit")
         for topic, partition, key, value, ts, headers, on_delivery in self._records:

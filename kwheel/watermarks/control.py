@@ -28,6 +28,8 @@ class Control:
     final: bool = False
     stats: dict[str, int] = field(default_factory=dict)
     incarnation: int = 0
+    announce: bool = False  # a task's new owner claiming it: no usable watermark (see ownership.py)
+    owner: str = ""  # tasks: the token of the opening that announced this incarnation
 
     def encode(self) -> bytes:
         buf = io.BytesIO()
@@ -36,6 +38,7 @@ class Control:
             "input_watermark": self.input_watermark,
             "positions": [{"topic": t, "partition": p, "offset": o} for t, p, o in self.positions],
             "final": self.final, "wall_time": self.wall_time, "stats": self.stats, "incarnation": self.incarnation,
+            "announce": self.announce, "owner": self.owner,
         })
         return buf.getvalue()
 
@@ -46,8 +49,14 @@ class Control:
             producer=d["producer"], kind=d["kind"], streams=list(d["streams"]), watermark=d["watermark"],
             positions=[(p["topic"], p["partition"], p["offset"]) for p in d["positions"]],
             wall_time=d["wall_time"], input_watermark=d["input_watermark"], final=d["final"], stats=dict(d["stats"]),
-            incarnation=d.get("incarnation", 0),
+            incarnation=d["incarnation"], announce=d["announce"], owner=d["owner"],
         )
+
+    @property
+    def key(self) -> bytes:
+        """The record key on the compacted watermark topic. Announcements have keys of their
+        own, so compaction never replaces the newest announcement with a zombie's control."""
+        return (f"announce:{self.producer}" if self.announce else self.producer).encode()
 
 
 def task_producer_id(computation: str, partition: int) -> str:

@@ -81,7 +81,7 @@ class WatermarkPublisher:
         return {(tp.topic, tp.partition): f.result().offset for tp, f in futs.items()}
 
     def publish(self, control: Control) -> None:
-        self._producer.produce(self.topic, control.encode(), control.producer.encode(), timestamp=control.wall_time)
+        self._producer.produce(self.topic, control.encode(), control.key, timestamp=control.wall_time)
         self._producer.poll(0)
 
     def flush(self, timeout_s: float = 10.0) -> int:

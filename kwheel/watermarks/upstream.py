@@ -8,61 +8,92 @@ after W (or late). Pure logic, driven by the worker with positions and a Waterma
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from ..pipeline import Pipeline
 from . import MAX_WATERMARK, MIN_WATERMARK
 from .control import INJECTOR, TASK, Control, task_producer_id
 
-HISTORY = 64  # control records kept per producer for position checks
+LEVEL = 32  # controls per level of a producer's history (see WatermarkTable)
 
 
 class WatermarkTable:
-    """The recent control records of every producer, as read from the watermark topic.
+    """What every producer published, as read from the watermark topic, in topic order.
 
-    A task's new owner announces its incarnation on the topic before it touches the task.
-    A control written after that by an older incarnation comes from a zombie: a process
-    that lost the task but does not know yet. Its state is stale, so its watermark may
-    pass timers the new owner has set since; every reader drops it (``add`` says so).
+    Ownership: a task's new owner announces itself (an incarnation number and a token of
+    its own) before it touches the task. From then on readers keep only the task's controls
+    that carry that pair: one written by an older owner comes from a zombie (a process
+    that lost the task but does not know yet) whose state is stale, and one carrying
+    another token comes from an opening that lost a race for the same number. An
+    announcement carries no watermark: the new owner has not published anything it covers.
+
+    History: a control's watermark is usable by a reader only once the reader has consumed
+    past the control's positions, so a reader that lags needs older controls. Consecutive
+    controls with the same positions collapse into the newest (a heartbeat adds nothing
+    a reader would wait for). The rest is kept as an exponential histogram: LEVEL controls
+    a level, and when a level overflows its two oldest controls leave it, the newer of
+    them moving up a level. Level j spans about 2**j controls per entry, so a producer's
+    history is O(LEVEL log n) controls long and a reader however far behind finds one not
+    far ahead of it (docs/architecture.md).
     """
 
     def __init__(self) -> None:
-        self.entries: dict[str, deque[Control]] = {}
+        self.entries: dict[str, list[Control]] = {}  # producer -> kept controls, oldest first
+        self._levels: dict[str, list[list[Control]]] = {}  # producer -> levels, the newest first
+        self.owners: dict[str, tuple[int, str]] = {}  # task -> (incarnation, token) last announced
+        self._top: dict[str, int] = {}  # producer -> highest watermark it published
 
     def add(self, c: Control) -> bool:
-        """Keep ``c``, unless a newer incarnation of its producer was announced before it."""
-        if c.incarnation < self.incarnation(c.producer):
-            return False
-        floor = self.published(c.producer)
-        if c.kind == TASK and c.watermark < floor:
-            # a task never goes below what it published: a new owner's announcement may be
-            # computed before it read its predecessor's last control
-            c = replace(c, watermark=floor)
-        dq = self.entries.get(c.producer)
-        if dq is None:
-            dq = self.entries[c.producer] = deque(maxlen=HISTORY)
-        dq.append(c)
+        """Take in the next control of the topic; True if it was kept as a watermark."""
+        pid = c.producer
+        if c.kind == TASK:
+            owner = self.owners.get(pid)
+            if c.announce:
+                if owner is None or c.incarnation >= owner[0]:
+                    self.owners[pid] = (c.incarnation, c.owner)
+                return False
+            if owner is not None and (c.incarnation, c.owner) != owner:
+                return False
+        levels = self._levels.setdefault(pid, [[]])
+        newest = levels[0]
+        if newest and newest[-1].positions == c.positions:
+            newest[-1] = c
+            self.entries[pid][-1] = c
+        else:
+            newest.append(c)
+            j = 0
+            while len(levels[j]) > LEVEL:
+                del levels[j][0]
+                if j + 1 == len(levels):
+                    levels.append([])
+                levels[j + 1].append(levels[j].pop(0))
+                j += 1
+            self.entries[pid] = [c for level in reversed(levels) for c in level]
+        if c.watermark > self._top.get(pid, MIN_WATERMARK):
+            self._top[pid] = c.watermark
         return True
 
     def latest(self, producer: str) -> Control | None:
-        dq = self.entries.get(producer)
-        return dq[-1] if dq else None
+        hist = self.entries.get(producer)
+        return hist[-1] if hist else None
 
     def published(self, producer: str) -> int:
-        """The highest watermark the producer ever published (kept monotonic on restart)."""
-        dq = self.entries.get(producer)
-        return max((c.watermark for c in dq), default=MIN_WATERMARK) if dq else MIN_WATERMARK
+        """The highest watermark the producer published (a new owner resumes at or above it)."""
+        return self._top.get(producer, MIN_WATERMARK)
+
+    def owner(self, producer: str) -> tuple[int, str] | None:
+        """(incarnation, token) of the task's last announced owner; None if none announced."""
+        return self.owners.get(producer)
 
     def incarnation(self, producer: str) -> int:
-        """The newest incarnation a task announced (0 when none): the latest kept record's,
-        since ``add`` keeps incarnations from going down."""
-        dq = self.entries.get(producer)
-        return dq[-1].incarnation if dq else 0
+        """The newest incarnation of a task (0 when none announced)."""
+        owner = self.owners.get(producer)
+        return owner[0] if owner else 0
 
     def injectors_of(self, stream: str) -> list[str]:
-        return [p for p, dq in self.entries.items() if dq and dq[-1].kind == INJECTOR and stream in dq[-1].streams]
+        return [p for p, hist in self.entries.items()
+                if hist and hist[-1].kind == INJECTOR and stream in hist[-1].streams]
 
 
 @dataclass(frozen=True)
@@ -104,16 +135,38 @@ class Upstream:
                     w = min(w, self._usable(pid, table, consumed))
         return w
 
+    def rewound(self) -> None:
+        """The task went back to earlier positions (an abort): what they made usable is not."""
+        self.usable.clear()
+
     def _usable(self, pid: str, table: WatermarkTable, consumed: Callable[[str], int]) -> int:
+        """The watermark of the newest control of ``pid`` whose positions this task passed."""
         best = self.usable.get(pid, MIN_WATERMARK)
-        dq = table.entries.get(pid)
-        if dq:
-            for c in reversed(dq):  # newest first: the first one whose positions we passed
-                w = MAX_WATERMARK if c.final else c.watermark
-                if w <= best:
-                    break
-                if all(consumed(t) >= o for t, p, o in c.positions if p == self.partition and t in self.input_topics):
-                    best = w
-                    break
+        hist = table.entries.get(pid)
+        if hist and _value(hist[-1]) > best:
+            partition, topics = self.partition, self.input_topics
+
+            def passed(c: Control) -> bool:
+                return all(consumed(t) >= o for t, p, o in c.positions if p == partition and t in topics)
+
+            # Positions never go down along a producer's history, so the controls this task
+            # passed are a prefix of it: find its end by bisection (newest first, the usual
+            # case when caught up). Only a control checked as passed is ever used.
+            if passed(hist[-1]):
+                best = max(best, _value(hist[-1]))
+            else:
+                lo, hi = -1, len(hist) - 2
+                while lo < hi:
+                    mid = (lo + hi + 1) // 2
+                    if passed(hist[mid]):
+                        lo = mid
+                    else:
+                        hi = mid - 1
+                if lo >= 0:
+                    best = max(best, _value(hist[lo]))
         self.usable[pid] = best
         return best
+
+
+def _value(c: Control) -> int:
+    return MAX_WATERMARK if c.final else c.watermark

@@ -77,34 +77,57 @@ def test_a_fenced_id_opened_again_writes_again(kafka, name, tmp_path):
     group.close()
 
 
+def _process(kafka, p, state_dir) -> ComputationRunner:
+    """What a worker process builds: its watermark table, reader, publisher and runner."""
+    cfg = WorkerConfig(bootstrap_servers=kafka.bootstrap, state_dir=state_dir)
+    table = WatermarkTable()
+    reader = WatermarkReader(cfg, p.watermark_topic(), table)
+    reader.catch_up(10)
+    runner = ComputationRunner(p, "counter", cfg, table, WatermarkPublisher(cfg, p.watermark_topic()),
+                               lambda: reader.catch_up(10))
+    runner.test_reader = reader
+    return runner
+
+
 def test_an_owner_that_finishes_opening_after_its_successor_announced_gives_up(kafka, name, tmp_path):
     p = keyed_count(name, partitions=1).validate()
     setup_topics(kafka.bootstrap, p)
-
-    def process(state: str) -> ComputationRunner:
-        """What a worker process builds: its watermark table, reader, publisher and runner."""
-        cfg = WorkerConfig(bootstrap_servers=kafka.bootstrap, state_dir=tmp_path / state)
-        table = WatermarkTable()
-        reader = WatermarkReader(cfg, p.watermark_topic(), table)
-        reader.catch_up(10)
-        runner = ComputationRunner(p, "counter", cfg, table, WatermarkPublisher(cfg, p.watermark_topic()),
-                                   lambda: reader.catch_up(10))
-        runner.test_reader = reader
-        return runner
-
-    zombie, successor = process("zombie"), process("successor")
-    assert zombie._announce(0) == 1
+    zombie, successor = _process(kafka, p, tmp_path / "zombie"), _process(kafka, p, tmp_path / "successor")
+    incarnation, token = zombie._announce(0)
+    assert incarnation == 1
     # the zombie pauses here; its successor is assigned the task, announces and opens it
     successor.catch_up()  # as _on_assign does first
-    assert successor._announce(0) == 2
+    incarnation, token2 = successor._announce(0)
+    assert incarnation == 2
     task = Task(p, p.computations["counter"], 0, successor.cfg, successor.consumer)
-    task.open(2, fence_from=0, check_owner=successor._check_still_owner)  # the newest incarnation: goes on
+    task.open(2, fence_from=0, check_owner=successor._check_still_owner, owner=token2)  # the newest: goes on
     # the zombie wakes and finishes opening incarnation 1, reopening its fenced id
     stale = Task(p, p.computations["counter"], 0, zombie.cfg, zombie.consumer)
     with pytest.raises(FencedError, match=r"incarnation 2 took it over while this process was opening incarnation 1"):
-        stale.open(1, check_owner=zombie._check_still_owner)
+        stale.open(1, check_owner=zombie._check_still_owner, owner=token)
     stale.close()
     task.close()
     for r in (zombie, successor):
+        r.consumer.close()
+        r.test_reader.close()
+
+
+def test_of_two_openings_that_claimed_the_same_incarnation_the_later_claim_wins(kafka, name, tmp_path):
+    # both read the topic before either announced, so both claim incarnation 1; the one whose
+    # announcement is later on the topic owns the task, the other gives up before restoring
+    p = keyed_count(name, partitions=1).validate()
+    setup_topics(kafka.bootstrap, p)
+    first, second = _process(kafka, p, tmp_path / "first"), _process(kafka, p, tmp_path / "second")
+    n1, token1 = first._announce(0)
+    n2, token2 = second._announce(0)
+    assert n1 == n2 == 1 and token1 != token2
+    loser = Task(p, p.computations["counter"], 0, first.cfg, first.consumer)
+    with pytest.raises(FencedError, match="was fenced"):
+        loser.open(1, check_owner=first._check_still_owner, owner=token1)
+    loser.close()
+    winner = Task(p, p.computations["counter"], 0, second.cfg, second.consumer)
+    winner.open(1, check_owner=second._check_still_owner, owner=token2)
+    winner.close()
+    for r in (first, second):
         r.consumer.close()
         r.test_reader.close()

@@ -8,7 +8,7 @@ import pytest
 from kwheel import Computation, Input, Pipeline
 from kwheel.watermarks import MAX_WATERMARK, MIN_WATERMARK
 from kwheel.watermarks.control import INJECTOR, TASK, Control, injector_producer_id, task_producer_id
-from kwheel.watermarks.upstream import HISTORY, Upstream, WatermarkTable
+from kwheel.watermarks.upstream import LEVEL, Upstream, WatermarkTable
 
 
 class Nop(Computation):
@@ -82,48 +82,86 @@ def test_published_is_the_max_ever_published_not_the_latest():
     assert t.published(A0) == 9
 
 
-def test_a_task_never_goes_below_what_it_published():
-    # a new owner's announcement computed before it read its predecessor's last control
-    t = table_of(task(A0, 9, incarnation=3), task(A0, 4, incarnation=4))
-    assert t.latest(A0).watermark == 9 and t.latest(A0).incarnation == 4
-    assert t.published(A1) == MIN_WATERMARK
+def announce(pid, incarnation, owner="x") -> Control:
+    return Control(pid, TASK, ["mid"], MIN_WATERMARK, [], 0, incarnation=incarnation, announce=True, owner=owner)
 
 
-def test_published_of_a_final_record_is_its_watermark_field():
-    t = table_of(injector(MAX_WATERMARK, final=True))
-    assert t.published(INJ1) == MAX_WATERMARK
+def owned(pid, w, incarnation, owner="x", positions=()) -> Control:
+    return Control(pid, TASK, ["mid"], w, list(positions), 0, incarnation=incarnation, owner=owner)
 
 
-def test_table_keeps_only_recent_history_per_producer():
-    t = table_of(*(task(A0, i) for i in range(HISTORY + 10)), task(A1, 0))
-    assert len(t.entries[A0]) == HISTORY
-    assert t.entries[A0][0].watermark == 10
+def test_an_announcement_is_not_a_watermark(pipeline):
+    # the old owner published 9 covering mid[0] up to 100; the new owner's announcement
+    # covers nothing: a reader at 50 must not get 9 from it
+    t = table_of(announce(A0, 1), owned(A0, 9, 1, positions=[("p.mid", 0, 100)]))
+    assert not t.add(announce(A0, 2, owner="y"))
+    assert t.latest(A0).watermark == 9 and t.published(A0) == 9
+    assert t.incarnation(A0) == 2 and t.owner(A0) == (2, "y")
+    up = Upstream(pipeline, "B", 0)
+    t.add(task(A1, 50))  # B's other upstream task, with nothing to wait for
+    assert up.watermark(t, at(p__mid=50)) == MIN_WATERMARK
+    assert up.watermark(t, at(p__mid=100)) == 9
+
+
+def test_history_keeps_the_newest_densely_and_the_past_sparsely():
+    n = 100 * LEVEL
+    t = table_of(*(task(A0, i, positions=[("p.mid", 0, i)]) for i in range(1, n + 1)), task(A1, 0))
+    kept = [c.watermark for c in t.entries[A0]]
+    assert len(kept) <= LEVEL * 8
+    assert kept == sorted(kept) and kept[-LEVEL:] == list(range(n - LEVEL + 1, n + 1))
+    gaps = [b - a for a, b in zip(kept, kept[1:])]
+    assert gaps == sorted(gaps, reverse=True)  # the older, the sparser
+    assert kept[0] <= 2 * LEVEL  # and it reaches back to the start
     assert len(t.entries[A1]) == 1
 
 
+def test_controls_with_the_same_positions_collapse_into_the_newest():
+    t = table_of(task(A0, 1, positions=[("p.mid", 0, 5)]), task(A0, 2, positions=[("p.mid", 0, 5)]),
+                 task(A0, 3, positions=[("p.mid", 0, 6)]))
+    assert [c.watermark for c in t.entries[A0]] == [2, 3]
+
+
 def test_a_zombie_control_after_its_successor_announced_is_dropped():
-    # incarnation 1 published 5; incarnation 2 announced itself carrying 5; the zombie
-    # (still incarnation 1) then publishes 9 from stale state: no reader may use it
+    # incarnation 1 published 5; incarnation 2 announced itself; the zombie (still
+    # incarnation 1) then publishes 9 from stale state: no reader may use it
     t = WatermarkTable()
-    assert t.add(task(A0, 5, incarnation=1))
-    assert t.add(task(A0, 5, incarnation=2))
-    assert not t.add(task(A0, 9, incarnation=1))
+    t.add(announce(A0, 1))
+    assert t.add(owned(A0, 5, 1))
+    assert not t.add(announce(A0, 2, owner="y"))
+    assert not t.add(owned(A0, 9, 1))
     assert t.published(A0) == 5
-    assert t.latest(A0).incarnation == 2
     assert t.incarnation(A0) == 2
-    assert t.add(task(A0, 7, incarnation=2))
+    assert t.add(owned(A0, 7, 2, owner="y"))
     assert t.published(A0) == 7
 
 
+def test_an_opening_that_lost_the_race_for_its_number_is_dropped():
+    # two openings both read incarnation 1 and announced 2: the later announcement owns it
+    t = table_of(announce(A0, 1), announce(A0, 2, owner="a"), announce(A0, 2, owner="b"))
+    assert t.owner(A0) == (2, "b")
+    assert not t.add(owned(A0, 9, 2, owner="a"))
+    assert t.add(owned(A0, 9, 2, owner="b"))
+
+
+def test_a_stale_announcement_does_not_take_the_task_back():
+    t = table_of(announce(A0, 3, owner="new"), announce(A0, 2, owner="old"))
+    assert t.owner(A0) == (3, "new")
+
+
 def test_what_an_old_incarnation_published_before_the_announcement_counts():
-    t = table_of(task(A0, 5, incarnation=1), task(A0, 8, incarnation=1), task(A0, 6, incarnation=2))
+    t = table_of(announce(A0, 1), owned(A0, 5, 1), owned(A0, 8, 1), announce(A0, 2, owner="y"), owned(A0, 6, 2, "y"))
     assert t.published(A0) == 8  # the new owner resumes at or above it
 
 
 def test_the_incarnation_survives_the_history_limit():
-    t = table_of(task(A0, 0, incarnation=3), *(task(A0, i, incarnation=4) for i in range(HISTORY + 1)))
+    t = table_of(announce(A0, 4), *(owned(A0, i, 4, positions=[("p.mid", 0, i)]) for i in range(10 * LEVEL)))
     assert t.incarnation(A0) == 4
-    assert not t.add(task(A0, 10**6, incarnation=3))
+    assert not t.add(owned(A0, 10**6, 3))
+
+
+def test_controls_of_a_task_that_never_announced_are_kept():
+    # written before announcements existed: nothing says they come from a zombie
+    assert table_of(task(A0, 5, incarnation=2)).published(A0) == 5
 
 
 def test_injectors_of_a_stream():
@@ -248,8 +286,8 @@ def test_usable_watermark_survives_history_turning_over(pipeline):
     t = table_of(injector(100, [("p.events", 0, 10)]))
     up = Upstream(pipeline, "A", 0)
     assert up.watermark(t, at(p__events=10)) == 100
-    for i in range(HISTORY):
-        t.add(injector(200 + i, [("p.events", 0, 1000)]))
+    for i in range(10 * LEVEL):
+        t.add(injector(200 + i, [("p.events", 0, 1000 + i)]))
     assert up.watermark(t, at(p__events=10)) == 100
 
 
@@ -363,3 +401,13 @@ def test_feeds_of_a_source_stream_have_no_tasks(pipeline):
     assert up.feeds[0].injected is True
     assert up.feeds[0].tasks == ()
     assert up.partition == 1
+
+
+def test_a_reader_far_behind_its_producer_still_advances(pipeline):
+    # 64 kept controls froze a reader more than 64 controls behind until it caught up;
+    # now the steps a far reader takes are about as long as it is behind, over 4 levels
+    t = table_of(*(injector(i, [("p.events", 0, i)]) for i in range(1, 5001)))
+    up = Upstream(pipeline, "A", 0)
+    assert 50 < up.watermark(t, at(p__events=300)) <= 300
+    assert 2000 < up.watermark(t, at(p__events=2500)) <= 2500
+    assert up.watermark(t, at(p__events=5000)) == 5000
