@@ -33,6 +33,11 @@ class RecordError(KwheelError):
     """Processing one input record failed; names computation, key, position and cause."""
 
 
+class StateTooLargeError(KwheelError):
+    """One key's state would not fit in a changelog record: an error of the record or timer
+    that grew it, under the error policy (its changes are dropped with it)."""
+
+
 class FencedError(KwheelError):
     """Another process took over a task: this one must stop processing it."""
 

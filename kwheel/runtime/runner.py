@@ -203,7 +203,7 @@ class ComputationRunner:
         since = time.monotonic() - self._last_commit
         pending = [t.pending for t in self.tasks.values()]
         self._open = any(pending)
-        if since >= self.cfg.commit_interval_ms / 1000:
+        if since >= self.cfg.commit_interval_ms / 1000 or any(t.timers_left for t in self.tasks.values()):
             self.tick()
         elif any(n >= self.cfg.batch_size for n in pending):
             self.commit()

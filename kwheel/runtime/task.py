@@ -25,9 +25,9 @@ from rbloom import Bloom
 
 from .. import ids
 from ..config import WorkerConfig
-from ..errors import BrokerError, FencedError, RecordError, RegistryError
+from ..errors import BrokerError, FencedError, RecordError, RegistryError, StateTooLargeError
 from ..kafka import clients
-from ..kafka.writer import ID_HEADER, StreamWriter, send
+from ..kafka.writer import ID_HEADER, MAX_RECORD_BYTES, StreamWriter, send
 from ..logs import scoped
 from ..pipeline import ComputationSpec, Pipeline, TaskInput
 from ..record import Key, Record, Timer
@@ -46,7 +46,9 @@ ERROR_HEADER = "kwheel.error"
 SOURCE_HEADER = "kwheel.source"
 MAX_CACHED_KEYS = 200_000
 MAX_DECODED_KEYS = 100_000  # raw input keys -> (key, tag), per input
-MAX_FIRES_PER_TICK = 100_000
+# Timers fired in one transaction at most: 1M windows closing at one watermark in one
+# transaction would outlast the transaction timeout and abort, again and again.
+MAX_FIRES_PER_TICK = 10_000
 MAX_ID_BYTES = 64  # longer foreign ids are hashed down
 _WATERMARK_VALUE = struct.Struct(">qq")  # input watermark, timer fire sequence
 _DOMAIN_NAMES = {EVENT: "event", WALL: "wall"}
@@ -88,9 +90,10 @@ class _Input:
         self.decode_value = ti.stream.value_serde.decode
         self.keys: dict[bytes, tuple[Key, bytes]] = {}  # raw key -> (key, tag): decoded once
         # Only records from outside can arrive twice (an injector's retry, a re-sent file).
-        # Streams the pipeline writes itself are written in transactions and read
-        # read_committed: they carry each record once, so they skip the seen-id bookkeeping.
-        self.dedup = ti.stream.source
+        # Streams the pipeline writes itself, repartition topics included, are written in
+        # transactions and read read_committed: they carry each record once, so they skip
+        # the seen-id bookkeeping.
+        self.dedup = ti.stream.source and not ti.repartitioned
 
     def key(self, raw: bytes) -> tuple[Key, bytes]:
         hit = self.keys.get(raw)
@@ -129,6 +132,7 @@ class Task:
         self.output_watermark = MIN_WATERMARK
         self._fire_seq = 0
         self._watermark_dirty = False
+        self.timers_left = False  # the last fire_timers stopped at its cap: tick again soon
         # State in front of RocksDB: committed values, and this batch's changes. A value is
         # kept encoded (each call decodes its own copy) unless it holds only immutable
         # values: then the dict itself is shared, and KeyState copies it on first write.
@@ -356,7 +360,11 @@ class Task:
         if state.changed:
             d = state.snapshot()
             state.release()  # a KeyState kept by user code copies again before writing
-            self._dirty[tag] = (d if _immutable(d) else layout.encode_state(d)) if d else None
+            value = (d if _immutable(d) else layout.encode_state(d)) if d else None
+            if value is not None and _state_size(tag, value) > MAX_RECORD_BYTES:
+                raise StateTooLargeError(f"the state of key {ctx.key!r} would be {_state_size(tag, value, True)} "
+                                         f"bytes, over the {MAX_RECORD_BYTES}-byte limit of a changelog record")
+            self._dirty[tag] = value
         if ctx.timer_ops:
             for tkey, value in ctx.timer_ops:
                 self.timers.apply(tkey, value)
@@ -418,12 +426,18 @@ class Task:
 
     @scoped
     def fire_timers(self, wall_now_ms: int) -> int:
-        """Fire due timers in time order: event timers up to the input watermark, wall timers
-        up to the clock. Returns how many fired."""
+        """Fire due timers in time order, MAX_FIRES_PER_TICK at most: event timers up to the
+        input watermark, wall timers up to the clock. Returns how many fired.
+
+        When event timers are left due, the input watermark steps back to the first of them
+        (never below the committed one): every timer before it has fired, so records read
+        until the next tick are late only if they are behind it, and the next tick goes on
+        from there. A transaction never holds more than the cap, whatever closes at once."""
         fired = 0
+        self.timers_left = False
         for domain, limit in ((EVENT, self.input_watermark), (WALL, wall_now_ms)):
             while fired < MAX_FIRES_PER_TICK:
-                due = self.timers.due(domain, limit)
+                due = self.timers.due(domain, limit, MAX_FIRES_PER_TICK - fired)
                 if not due:
                     break
                 for ts, tkey in due:
@@ -432,8 +446,23 @@ class Task:
                         continue  # deleted or moved by an earlier timer of this round
                     self._fire(tkey, ts, domain)
                     fired += 1
+            if fired >= MAX_FIRES_PER_TICK:
+                left = self.timers.due(domain, limit, 1)
+                if left:
+                    self.timers_left = True
+                    if domain == EVENT:
+                        self._hold_watermark(left[0][0])
         self._send_outputs()
         return fired
+
+    def _hold_watermark(self, ts: int) -> None:
+        """Keep the input watermark at ``ts``, where due timers are still waiting to fire."""
+        raw = self.store.get(layout.WATERMARK)
+        committed = _WATERMARK_VALUE.unpack(raw)[0] if raw is not None else MIN_WATERMARK
+        held = max(ts, committed)
+        if held < self.input_watermark:
+            self.input_watermark = held
+            self.ctx.low_watermark = held
 
     def _fire(self, tkey: bytes, ts: int, domain: bytes) -> None:
         self._begin()
@@ -624,6 +653,23 @@ class Task:
         out = asdict(self.counters)
         out["pending_timers"] = self.timers.pending
         return out
+
+
+def _state_size(tag: bytes, value: bytes | dict, exact: bool = False) -> int:
+    """A changelog record's size for one key's state. Encoded values are measured; a dict
+    kept decoded (immutable values only) is estimated from above, and encoded only when
+    the estimate comes near the limit, so the usual small state costs no encoding."""
+    size = len(tag) + 64  # key and record overhead
+    if type(value) is bytes:
+        return size + len(value)
+    if not exact:
+        estimate = size  # pickle: UTF-8 text takes up to 4 bytes a character, any number under 16
+        for item in value.items():
+            for x in item:
+                estimate += 4 * len(x) + 8 if type(x) is str else len(x) + 8 if type(x) is bytes else 16
+        if estimate <= MAX_RECORD_BYTES // 2:
+            return estimate
+    return size + len(layout.encode_state(value))
 
 
 def _record_id(m: Message) -> bytes:

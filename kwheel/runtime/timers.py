@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from itertools import islice
+
 from ..state import layout
 from ..state.store import TaskStore
 from ..watermarks import MAX_WATERMARK
@@ -27,16 +29,18 @@ class TimerTable:
             self.pending -= 1
         self.changes[tkey] = value
 
-    def due(self, domain: bytes, limit: int) -> list[tuple[int, bytes]]:
-        """(time, timer key) of timers of ``domain`` with time <= limit, in firing order."""
-        out = [(ts, k) for ts, k in self.store.timers(domain, limit) if k not in self.changes]
+    def due(self, domain: bytes, limit: int, most: int | None = None) -> list[tuple[int, bytes]]:
+        """(time, timer key) of timers of ``domain`` with time <= limit, in firing order; the
+        first ``most`` of them if given (without reading the rest from the store)."""
+        committed = ((ts, k) for ts, k in self.store.timers(domain, limit) if k not in self.changes)
+        out = list(committed if most is None else islice(committed, most))
         for k, v in self.changes.items():
             if v is not None:
                 ts, d = layout.decode_timer(v)
                 if d == domain and ts <= limit:
                     out.append((ts, k))
         out.sort()
-        return out
+        return out if most is None else out[:most]
 
     def earliest(self, domain: bytes) -> int:
         """Time of the earliest pending timer of ``domain`` (MAX_WATERMARK when none)."""

@@ -251,6 +251,7 @@ class PipelineDriver:
                         task.commit()
                 task.advance(watermark)
                 task.fire_timers(self._wall)
+                busy = busy or task.timers_left
             except BaseException:
                 task.abort()  # as the worker does: the batch is replayed next time
                 for topic in task.inputs:  # every input, not only the failed chunk's: from the last commit

@@ -94,6 +94,47 @@ def test_an_oversized_output_is_an_error_of_its_record(kafka, name, workers):
     assert b"over the 1000000-byte limit" in dict(dead.headers)["kwheel.error"]
 
 
+def _hoarding_events():
+    """60 events; u1's state grows 300 kB with each of its records from the 5th on, so its
+    third such record would make a changelog record over the limit."""
+    events = make_events(60, keys=4)
+    for i in range(17, 60, 4):
+        events[i] = (events[i][0], {**events[i][1], "hoard": 300_000})
+    assert events[17][0] == "u1"
+    return events
+
+
+def test_a_state_larger_than_a_changelog_record_stops_the_worker_naming_key_and_size(kafka, name, workers):
+    p = flaky_count(name)
+    setup_topics(kafka.bootstrap, p)
+    inject(kafka.bootstrap, p, _hoarding_events())
+    w = workers("tests.pipelines.counting:flaky_count", name, slot="s0")
+    assert w.wait(60) == 1
+    [line] = [l for l in w.log().splitlines() if l.startswith("kwheel: error:")]
+    assert "computation 'counter' failed on key 'u1'" in line and "StateTooLargeError" in line
+    assert "over the 1000000-byte limit of a changelog record" in line
+    assert "Traceback" not in w.log()
+
+
+def test_a_state_larger_than_a_changelog_record_is_dead_lettered_and_the_rest_goes_on(kafka, name, workers):
+    p = flaky_count_dlq(name)
+    setup_topics(kafka.bootstrap, p)
+    events = _hoarding_events()
+    inject(kafka.bootstrap, p, events)
+    w = workers("tests.pipelines.counting:flaky_count_dlq", name, slot="s0")
+    hoarders = [i for i, (k, v) in enumerate(events) if v.get("hoard")]
+    too_big = hoarders[3:]  # 4 x 300 kB > 1 MB: from the 4th on, each would overflow (its changes dropped)
+    wait_until(lambda: count_outputs(kafka.bootstrap, f"{name}.dead") >= len(too_big), 60, "the dead letters")
+    wait_until(lambda: count_outputs(kafka.bootstrap, f"{name}.counts") >= len(events) - len(too_big), 60,
+               "the other counts")
+    assert w.stop() == 0
+    check_exact_counts(kafka.bootstrap, f"{name}.counts",
+                       Counter(k for i, (k, v) in enumerate(events) if i not in too_big))
+    dead = read_committed(kafka.bootstrap, f"{name}.dead")
+    assert len(dead) == len(too_big)
+    assert all(b"StateTooLargeError" in dict(d.headers)["kwheel.error"] for d in dead)
+
+
 def test_secrets_pass_through_to_kafka_and_stay_out_of_the_output(kafka):
     import os
     import subprocess

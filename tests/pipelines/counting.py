@@ -23,6 +23,8 @@ class Flaky(Counter):
             raise ValueError(f"poisoned record {record.value.get('seq')}")
         if record.value.get("bloat"):  # an output far larger than the broker takes
             ctx.produce("counts", ctx.key, {"key": ctx.key, "blob": "x" * 2_000_000})
+        if record.value.get("hoard"):  # state that grows by this many bytes a record
+            ctx.state["hoard"] = ctx.state.get("hoard", "") + "x" * record.value["hoard"]
         super().process_record(ctx, record)
 
 

@@ -237,3 +237,47 @@ def test_a_key_read_directly_and_through_a_repartition_topic_has_one_state():
             d.send("b", "other", {"k": k}, timestamp=2)
         assert sorted((r.key, r.value["count"]) for r in d.outputs("counts")) == \
             [(k, n) for k in ("w", "x", "y", "z") for n in (1, 2)]
+
+
+class Deadline(Computation):
+    """Every key's timer at the same time, and a record after it: the epoch-aligned window case."""
+
+    def process_record(self, ctx, record):
+        ctx.set_timer("close", 1000)
+        ctx.produce("closed", ctx.key, {"key": ctx.key, "at": ctx.low_watermark, "late": record.late},
+                    record.timestamp)
+
+    def process_timer(self, ctx, timer):
+        ctx.produce("closed", ctx.key, {"key": ctx.key, "fired": timer.timestamp, "at": ctx.low_watermark},
+                    timer.timestamp)
+
+
+def test_timers_that_close_at_once_fire_in_bounded_transactions(monkeypatch):
+    # one round fired everything due in one transaction: with 1M keys, past the transaction
+    # timeout, it aborted and replayed the same forever
+    from kwheel.runtime import task as task_module
+
+    monkeypatch.setattr(task_module, "MAX_FIRES_PER_TICK", 50)
+    p = Pipeline("deadline")
+    p.stream("events", partitions=1, value="json", source=True)
+    p.stream("closed", partitions=1, value="json")
+    p.computation("deadline", Deadline, inputs=["events"], outputs=["closed"])
+    with PipelineDriver(p) as d:
+        for i in range(400):
+            d.send("events", f"k{i}", {}, timestamp=i)
+        d.run()
+        task = d._tasks["deadline"][0]
+        commits = task.counters.commits
+        d._fed_watermarks["events"] = 5000
+        d._step("deadline")  # one tick: 50 fired, the watermark held where the other 350 wait
+        assert task.timers_left and task.input_watermark == 1000
+        d.run()
+        fired = [r.value for r in d.outputs("closed") if "fired" in r.value]
+        assert sorted(v["key"] for v in fired) == sorted(f"k{i}" for i in range(400))
+        assert task.counters.commits - commits >= 400 // 50  # at most 50 firings a transaction
+        assert d.watermark("deadline") == 5000
+        d.send("events", "late", {}, timestamp=999)
+        d.send("events", "on-time", {}, timestamp=5000)
+        d.run()
+        late = {r.value["key"]: r.value["late"] for r in d.outputs("closed") if "late" in r.value}
+        assert late["late"] and not late["on-time"]
