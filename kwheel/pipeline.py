@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
+from functools import partial
 
+from . import rekey
 from . import serde as serdes
 from .computation import Computation
 from .errors import PipelineError, SerdeError
@@ -51,6 +53,7 @@ class ComputationSpec:
     outputs: list[str]
     dead_letter: str | None
     partitions: int = 0  # resolved by validate()
+    feeds: str | None = None  # a re-keying stage kwheel added for this computation (rekey.py)
 
 
 @dataclass
@@ -200,7 +203,29 @@ class Pipeline:
                 c.partitions = n
             elif not c.partitions:
                 c.partitions = max(self.streams[i.stream].partitions for i in c.inputs)
+        self._add_rekeying_stages()
         return self
+
+    def _add_rekeying_stages(self) -> None:
+        """A re-keyed source stream reaches its computation through a stage of its own
+        (kwheel/rekey.py); the stage's output is an internal stream on the repartition topic."""
+        for c in list(self.computations.values()):
+            for i in c.inputs:
+                s = self.streams[i.stream]
+                name = rekey.stage_name(c.name, s.name)
+                if i.key_by is None or not s.source or name in self.computations:
+                    continue
+                self.streams[name] = Stream(name, self.repartition_topic(c.name, s.name), c.partitions,
+                                            rekey.TagSerde(), s.value_serde, False)
+                self.computations[name] = ComputationSpec(
+                    name, partial(rekey.Rekey, i.key_by, name), [Input(s.name)], [name], c.dead_letter,
+                    s.partitions, feeds=c.name)
+
+    def feed_stream(self, computation: str, i: Input) -> str:
+        """The stream whose producers feed input ``i``: the re-keying stage's for a re-keyed
+        source stream, else the stream itself."""
+        name = rekey.stage_name(computation, i.stream)
+        return name if i.key_by is not None and name in self.streams else i.stream
 
     def _known(self, stream: str, what: str) -> None:
         if stream not in self.streams:
@@ -241,7 +266,7 @@ class Pipeline:
         routes = [Route(s.topic, None)]
         for c in self.computations.values():
             for i in c.inputs:
-                if i.stream == stream and i.key_by is not None:
+                if i.stream == stream and i.key_by is not None and not s.source:  # source: rekey.py
                     routes.append(Route(self.repartition_topic(c.name, stream), i.key_by))
         return routes
 

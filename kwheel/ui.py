@@ -69,7 +69,7 @@ def graph(pipeline: Pipeline) -> tuple[list[Node], list[Edge]]:
     for c in pipeline.computations.values():
         cid = f"computation:{c.name}"
         nodes[cid] = Node(cid, "computation", c.name, f"{c.partitions} task{'s' if c.partitions != 1 else ''}")
-        edges += [Edge(f"stream:{i.stream}", cid, "rekey" if i.key_by else "data") for i in c.inputs]
+        edges += [Edge(f"stream:{pipeline.feed_stream(c.name, i)}", cid, "rekey" if i.key_by else "data") for i in c.inputs]
         edges += [Edge(cid, f"stream:{o}", "data") for o in c.outputs]
         if c.dead_letter:
             edges.append(Edge(cid, f"stream:{c.dead_letter}", "dead"))

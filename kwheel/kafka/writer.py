@@ -49,7 +49,8 @@ class StreamWriter:
         if len(kb) + len(vb) > MAX_RECORD_BYTES:
             raise SerdeError(f"record for stream {stream!r} is {len(kb) + len(vb)} bytes, over the "
                              f"{MAX_RECORD_BYTES}-byte limit")
-        out = [(routes[0].topic, kb, vb, timestamp, rid, -1)]
+        place = self._placement.get(routes[0].topic)  # a re-keying stage's output (rekey.py)
+        out = [(routes[0].topic, kb, vb, timestamp, rid, -1 if place is None else partition_for(place[0](key), place[1]))]
         for route in routes[1:]:
             new_key = route.key_by(Record(key, value, timestamp, rid, stream))  # type: ignore[misc]
             place = self._placement.get(route.topic)

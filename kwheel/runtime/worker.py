@@ -28,6 +28,8 @@ class Worker:
         if unknown:
             known = ", ".join(pipeline.computations)
             raise ConfigError(f"unknown computation {unknown[0]!r} in pipeline {pipeline.name!r} (known: {known})")
+        # a computation's re-keying stages run with it (kwheel/rekey.py)
+        names = names + [n for n, c in pipeline.computations.items() if c.feeds in names and n not in names]
         registry.configure_from(cfg)  # Avro serdes create their registry client on first use
         self.pipeline = pipeline
         self.cfg = cfg

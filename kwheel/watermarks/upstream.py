@@ -111,13 +111,14 @@ class Upstream:
         self.input_topics = {ti.topic for ti in pipeline.task_inputs(computation)}
         feeds = []
         for i in pipeline.computations[computation].inputs:
+            stream = pipeline.feed_stream(computation, i)
             tasks = tuple(
                 task_producer_id(c.name, p)
                 for c in pipeline.computations.values()
-                if i.stream in c.outputs or c.dead_letter == i.stream
+                if stream in c.outputs or c.dead_letter == stream
                 for p in range(c.partitions)
             )
-            feeds.append(_Feed(i.stream, tasks, pipeline.streams[i.stream].source))
+            feeds.append(_Feed(stream, tasks, pipeline.streams[stream].source))
         self.feeds = feeds
         self.usable: dict[str, int] = {}
 

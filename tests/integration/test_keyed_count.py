@@ -58,6 +58,30 @@ def test_key_extractor_routes_through_a_repartition_topic(kafka, name, workers):
     assert count_outputs(kafka.bootstrap, f"{name}.counter.events.repartition") == len(events)
 
 
+def test_records_an_outside_producer_writes_to_a_re_keyed_stream_are_counted(kafka, name, workers):
+    # they reached a re-keyed input only through the repartition topic that kwheel's own
+    # producers wrote, so a plain Kafka producer's records never arrived
+    import json
+
+    from confluent_kafka import Producer
+
+    p = rekeyed_count(name)
+    setup_topics(kafka.bootstrap, p)
+    countries = ["de", "fr", "jp"]
+    outside = [{"user": f"u{i % 17}", "country": countries[i % 3], "seq": i} for i in range(300)]
+    prod = Producer({"bootstrap.servers": kafka.bootstrap})
+    for v in outside:
+        prod.produce(f"{name}.events", json.dumps(v).encode(), v["user"].encode())
+    prod.flush(10)
+    ours = [(f"u{i}", {"user": f"u{i}", "country": "ke", "seq": 1000 + i}) for i in range(50)]
+    inject(kafka.bootstrap, p, ours)
+    w = workers("tests.pipelines.counting:rekeyed_count", name, slot="s0")
+    wait_until(lambda: count_outputs(kafka.bootstrap, f"{name}.counts") >= len(outside) + len(ours), 60,
+               "all counts")
+    assert w.stop() == 0
+    check_exact_counts(kafka.bootstrap, f"{name}.counts", Counter(v["country"] for v in outside + [v for _, v in ours]))
+
+
 def test_a_key_read_directly_and_re_keyed_has_one_count(kafka, name, workers):
     from tests.pipelines.counting import mixed_count
 

@@ -347,8 +347,25 @@ def test_a_re_keyed_record_lands_where_the_computations_direct_input_puts_its_ke
 
     p = Pipeline("p")
     p.stream("a", partitions=5, key="json", value="json", source=True)  # JSON keys: quoted bytes
-    p.stream("b", partitions=3, value="json", source=True)
+    p.stream("b", partitions=3, value="json")  # written by the pipeline: its producers re-key
+    p.computation("w", Nop, inputs=["a"], outputs=["b"])
     p.computation("c", Nop, inputs=["a", Input("b", key_by=lambda r: r.value["k"])])
     [_, (topic, key, _, _, _, partition)] = StreamWriter(p.validate(), ["b"]).encode("b", "x", {"k": "key-7"}, 1, PARENT)
+    assert topic == "p.c.b.repartition" and key == key_tag("key-7")
+    assert partition == partition_for(JSON.encode("key-7"), 5)
+
+
+def test_a_re_keyed_source_record_goes_through_the_stage_to_the_same_partition():
+    from kwheel.kafka.partitioner import partition_for
+    from kwheel.serde import JSON
+
+    p = Pipeline("p")
+    p.stream("a", partitions=5, key="json", value="json", source=True)
+    p.stream("b", partitions=3, value="json", source=True)  # outside producers: kwheel re-keys it
+    p.computation("c", Nop, inputs=["a", Input("b", key_by=lambda r: r.value["k"])])
+    p.validate()
+    assert [r.topic for r in p.routes("b")] == ["p.b"]
+    [(topic, key, _, _, _, partition)] = StreamWriter(p, ["c.rekey.b"]).encode("c.rekey.b", "key-7", {"k": "key-7"},
+                                                                               1, PARENT)
     assert topic == "p.c.b.repartition" and key == key_tag("key-7")
     assert partition == partition_for(JSON.encode("key-7"), 5)

@@ -286,7 +286,9 @@ def test_routes_of_a_stream_read_directly_is_only_its_topic():
 
 def test_routes_include_a_repartition_route_per_rekeying_consumer():
     p = Pipeline("p")
-    p.stream("events", partitions=4, source=True)
+    p.stream("src", partitions=4, source=True)
+    p.stream("events", partitions=4)
+    p.computation("writer", Nop, inputs=["src"], outputs=["events"])
     p.computation("direct", Nop, inputs=["events"])
     p.computation("by_country", Nop, inputs=[Input("events", key_by=by_country)])
     routes = p.routes("events")
@@ -294,6 +296,22 @@ def test_routes_include_a_repartition_route_per_rekeying_consumer():
         Route("p.events", None),
         Route("p.by_country.events.repartition", by_country),
     ]
+
+
+def test_a_re_keyed_source_stream_is_routed_through_a_stage_that_reads_its_own_topic():
+    # outside producers write only the stream's topic: what they write must reach by_country
+    p = Pipeline("p")
+    p.stream("events", partitions=4, source=True)
+    p.computation("by_country", Nop, inputs=[Input("events", key_by=by_country)], partitions=3)
+    p.validate().validate()  # twice: the stage is added once
+    assert p.routes("events") == [Route("p.events", None)]
+    stage = p.computations["by_country.rekey.events"]
+    assert [i.stream for i in stage.inputs] == ["events"] and stage.partitions == 4 and stage.feeds == "by_country"
+    assert stage.outputs == ["by_country.rekey.events"]
+    assert p.streams["by_country.rekey.events"].topic == "p.by_country.events.repartition"
+    assert p.streams["by_country.rekey.events"].partitions == 3
+    assert [ti.topic for ti in p.task_inputs("by_country")] == ["p.by_country.events.repartition"]
+    assert "p.by_country.rekey.events.changelog" in p.topics()
 
 
 def test_routes_of_unrelated_stream_ignore_other_rekeyings():

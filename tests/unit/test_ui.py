@@ -33,11 +33,13 @@ def two_stage(name: str = "p") -> Pipeline:
 def test_nodes_are_layered_by_distance_from_the_sources():
     nodes, edges = graph(two_stage())
     layers = {n.id: n.layer for n in nodes}
-    assert layers == {"stream:events": 0, "computation:first": 1, "stream:mid": 2, "stream:dead": 2,
-                      "computation:second": 3, "stream:out": 4}
+    # first re-keys the source stream events: through the stage kwheel adds (kwheel/rekey.py)
+    assert layers == {"stream:events": 0, "computation:first.rekey.events": 1, "stream:first.rekey.events": 2,
+                      "computation:first": 3, "stream:mid": 4, "stream:dead": 4, "computation:second": 5,
+                      "stream:out": 6}
     assert len({(n.layer, n.row) for n in nodes}) == len(nodes)  # no two boxes on one spot
     kinds = {(e.src, e.dst): e.kind for e in edges}
-    assert kinds[("stream:events", "computation:first")] == "rekey"
+    assert kinds[("stream:first.rekey.events", "computation:first")] == "rekey"
     assert kinds[("computation:first", "stream:dead")] == "dead"
 
 

@@ -341,23 +341,22 @@ def test_upstream_task_watermark_max_means_done(pipeline):
 # ---- Upstream: re-keyed and several inputs ------------------------------------------------------
 
 
-def test_rekeyed_input_is_checked_against_the_repartition_topic(pipeline):
+REKEY0, REKEY1 = task_producer_id("C.rekey.events", 0), task_producer_id("C.rekey.events", 1)
+
+
+def test_a_rekeyed_source_is_fed_by_the_stage_not_the_injectors(pipeline):
     up = Upstream(pipeline, "C", 3)
     assert up.input_topics == {"p.C.events.repartition"}
-    t = table_of(injector(100, [
-        ("p.events", 1, 10**9),  # the stream itself: C does not read it
-        ("p.C.events.repartition", 3, 7),
-        ("p.C.events.repartition", 0, 10**9),
-    ]))
+    assert [(f.stream, f.tasks, f.injected) for f in up.feeds] == [("C.rekey.events", (REKEY0, REKEY1), False)]
+
+
+def test_rekeyed_input_is_checked_against_the_repartition_topic(pipeline):
+    # C has 4 tasks though events has 2 partitions: task 3 only exists on the repartition topic
+    up = Upstream(pipeline, "C", 3)
+    positions = [("p.events", 1, 10**9), ("p.C.events.repartition", 3, 7), ("p.C.events.repartition", 0, 10**9)]
+    t = table_of(task(REKEY0, 100, positions), task(REKEY1, 200, positions))
     assert up.watermark(t, at(p__events=10**9, p__C__events__repartition=6)) == MIN_WATERMARK
     assert up.watermark(t, at(p__C__events__repartition=7)) == 100
-
-
-def test_repartition_partition_beyond_the_streams_count_is_checked(pipeline):
-    # C has 4 tasks though events has 2 partitions: task 3 only exists on the repartition topic
-    t = table_of(injector(100, [("p.C.events.repartition", 3, 1)]))
-    assert Upstream(pipeline, "C", 3).watermark(t, at()) == MIN_WATERMARK
-    assert Upstream(pipeline, "C", 3).watermark(t, at(p__C__events__repartition=1)) == 100
 
 
 def test_computation_with_a_source_and_a_task_input_takes_the_min():
