@@ -1,0 +1,133 @@
+"""Event-time results survive faults in an upstream stage while downstream lags.
+
+Why these tests exist: with ``relay`` (pass-through) feeding a slow ``win`` (1 s tumbling
+windows, tests/pipelines/relay_windows.py), restarting the ``relay`` worker while ``win``
+still had a backlog lost hundreds of windows and thousands of records from the results,
+and ``win`` counted thousands of late records although the injector sent everything in
+timestamp order. Whatever a restarted or moved upstream task publishes must never let a
+downstream task's watermark pass records that task has not read yet.
+
+Each test injects records in timestamp order (disorder 0, final watermark at the end),
+with ``win`` in its own worker and behind, hits the ``relay`` worker while ``win`` still
+has a backlog, then checks every (key, window) result against a reference computed from
+the injected events, each emitted exactly once, and that ``win`` saw no late record.
+"""
+
+import json
+import time
+from collections import Counter
+
+from confluent_kafka import Consumer, TopicPartition
+
+from kwheel.config import WorkerConfig
+from kwheel.injector import BoundedDisorder, Injector
+from kwheel.testing.processes import wait_until
+from kwheel.testing.readers import read_committed
+from kwheel.watermarks import MAX_WATERMARK
+from tests.helpers import committed_total, latest_watermark, setup_topics, worker_stats
+from tests.pipelines.relay_windows import pipeline
+
+REF = "tests.pipelines.relay_windows:pipeline"
+RECORDS, KEYS, STEP_MS = 6000, 15, 50  # 300 one-second windows, 4,500 (key, window) results
+# win needs about 20 s for its backlog, the faults take about 12 s; small batches keep
+# its consumer position (what makes upstream watermarks usable) close to its progress
+WIN_ENV = {"KWHEEL_TEST_WIN_SLEEP_MS": "3"}
+WIN_ARGS = ["-c", "win", "--batch-size", "100"]
+
+
+class Run:
+    """The pipeline with all records injected, ``relay`` done and ``win`` lagging."""
+
+    def __init__(self, kafka, name, workers):
+        self.kafka, self.name, self.workers = kafka, name, workers
+        self.p = pipeline(name)
+        setup_topics(kafka.bootstrap, self.p)
+        self.win = workers(REF, name, slot="win", args=WIN_ARGS, env=WIN_ENV)
+        self.relay = self.relay_worker("relay")
+        t0 = (int(time.time() * 1000) // 1000 - 3600) * 1000
+        self.events = [(f"k{i % KEYS}", t0 + i * STEP_MS, i) for i in range(RECORDS)]
+        inj = Injector(self.p, "source", ["events"], WorkerConfig(bootstrap_servers=kafka.bootstrap), instance="i0")
+        policy = BoundedDisorder(0)
+        for key, ts, seq in self.events:
+            inj.send("events", key, {"seq": seq}, timestamp=ts)
+            inj.advance(policy.observe(ts))
+        inj.close(final=True)
+        group, parts = self.p.group_id("relay"), self.p.streams["events"].partitions
+        wait_until(lambda: committed_total(kafka.bootstrap, group, f"{name}.events", parts) == RECORDS, 30,
+                   "relay to pass every record on")
+        relayed = read_committed(kafka.bootstrap, f"{name}.relayed")
+        assert len(relayed) == RECORDS
+        self.ends = {r.partition: r.offset + 1 for r in relayed}  # past each partition's last record
+        self.behind_at_faults: list[int] = []  # records win still had to commit at each fault
+
+    def relay_worker(self, slot, tag=None):
+        return self.workers(REF, self.name, slot=slot, tag=tag, args=["-c", "relay"])
+
+    def backlog(self):
+        """Records of ``relayed`` that win has not committed yet (offsets, not counting markers)."""
+        c = Consumer({"bootstrap.servers": self.kafka.bootstrap, "group.id": self.p.group_id("win"), "log_level": 0})
+        try:
+            done = c.committed([TopicPartition(f"{self.name}.relayed", p) for p in self.ends], timeout=10)
+        finally:
+            c.close()
+        return sum(max(0, self.ends[tp.partition] - max(tp.offset, 0)) for tp in done)
+
+    def fault_after(self, gap_s):
+        """Wait ``gap_s`` (the deliberate gap between faults), note win's backlog."""
+        time.sleep(gap_s)
+        self.behind_at_faults.append(self.backlog())
+
+    def check_results(self):
+        wait_until(lambda: self.backlog() == 0, 60, "win to commit every record")
+        wait_until(lambda: latest_watermark(self.kafka.bootstrap, self.name, "task:win/") == MAX_WATERMARK, 30,
+                   "win to reach the end of input")
+        assert self.win.stop() == 0
+        late = worker_stats(self.win.log(), "win")["late"]
+        expected: dict[tuple[str, int], tuple[int, int]] = {}
+        for key, ts, seq in self.events:
+            count, total = expected.get((key, ts // 1000 * 1000), (0, 0))
+            expected[(key, ts // 1000 * 1000)] = (count + 1, total + seq)
+        out = [json.loads(r.value) for r in read_committed(self.kafka.bootstrap, f"{self.name}.windows")]
+        got = {(w["key"], w["start"]): (w["count"], w["sum"]) for w in out}
+        summary = {
+            "wrong or missing windows": sum(got.get(k) != v for k, v in expected.items()),
+            "windows emitted twice": sum(n > 1 for n in Counter((w["key"], w["start"]) for w in out).values()),
+            "unexpected windows": len(got.keys() - expected.keys()),
+            "records missing": sum(n - got.get(k, (0, 0))[0] for k, (n, _) in expected.items()),
+            "late at win": late,
+        }
+        assert summary == dict.fromkeys(summary, 0), (f"{summary} (of {len(expected)} windows, {RECORDS} records; "
+                                                        f"win's backlog at the faults: {self.behind_at_faults})")
+        assert all(self.behind_at_faults), f"win had caught up at a fault ({self.behind_at_faults}): slow it down"
+
+
+def test_relay_restarted_gracefully_while_win_lags(kafka, name, workers):
+    run = Run(kafka, name, workers)
+    for i, gap in enumerate((2, 3, 4)):
+        run.fault_after(gap)
+        assert run.relay.stop() == 0
+        run.relay = run.relay_worker("relay", tag=f"relay-{i}")
+    run.check_results()
+
+
+def test_relay_killed_and_restarted_while_win_lags(kafka, name, workers):
+    run = Run(kafka, name, workers)
+    for i, gap in enumerate((2, 3)):
+        run.fault_after(gap)
+        run.relay.kill()
+        run.relay = run.relay_worker("relay", tag=f"relay-{i}")
+    run.check_results()
+
+
+def test_relay_rebalanced_while_win_lags(kafka, name, workers):
+    run = Run(kafka, name, workers)
+    run.fault_after(2)
+    # a dynamic member (no slot): a static one that stops keeps its partitions until its
+    # session expires (docs/operations.md), which the embedded broker never does
+    extra = run.relay_worker(None, tag="relay-extra")
+    wait_until(lambda: "assigned and ready" in extra.log(), 30, "the second relay worker to own partitions")
+    run.fault_after(3)
+    before = run.relay.log().count("assigned and ready")
+    assert extra.stop() == 0
+    wait_until(lambda: run.relay.log().count("assigned and ready") > before, 30, "relay to take its partitions back")
+    run.check_results()
