@@ -113,3 +113,52 @@ def latest_watermark(bootstrap: str, pipeline_name: str, prefix: str) -> int:
         if c.producer.startswith(prefix):
             latest[c.producer] = c.watermark
     return min(latest.values()) if latest else -(2**63)
+
+
+def records_behind_a_usable_watermark(bootstrap: str, pipeline: Pipeline, computation: str) -> list[str]:
+    """Committed input records of ``computation`` that a reader could have found behind the
+    watermark it was allowed to use: each would have reached it late.
+
+    Offline and for every reader speed at once: a task of ``computation`` that has consumed
+    input partition (t, p) up to offset y may use, at most, U(y) = min over the producers
+    feeding it of the highest watermark among their controls (as readers keep them) whose
+    position on (t, p) is <= y. A record at offset y with a timestamp below U(y) breaks the
+    invariant of docs/guarantees.md. Injectors are assumed to send nothing late (copies of
+    records already sent are dropped by id before lateness matters)."""
+    import bisect
+
+    from kwheel.watermarks import MAX_WATERMARK as END
+    from kwheel.watermarks.control import INJECTOR
+    from kwheel.watermarks.upstream import Upstream
+
+    controls = read_controls(bootstrap, pipeline.name)
+    bad = []
+    for p in range(pipeline.computations[computation].partitions):
+        up = Upstream(pipeline, computation, p)
+        producers = {pid for f in up.feeds for pid in f.tasks}
+        injected = {f.stream for f in up.feeds if f.injected}
+        producers |= {c.producer for c in controls if c.kind == INJECTOR and injected & set(c.streams)}
+        for topic in up.input_topics:
+            # per producer: (needed offset on (topic, p), best watermark from there on), ascending
+            steps: dict[str, list[tuple[int, int]]] = {pid: [] for pid in producers}
+            for c in controls:
+                if c.producer in steps:
+                    need = next((o for t, q, o in c.positions if (t, q) == (topic, p)), 0)
+                    steps[c.producer].append((need, END if c.final else c.watermark))
+            for pid, s in steps.items():
+                s.sort()
+                best, merged = -(2**63), []
+                for need, w in s:
+                    best = max(best, w)
+                    merged.append((need, best))
+                steps[pid] = merged
+            seen = set()
+            for r in read_committed(bootstrap, topic):
+                if r.partition != p or (r.id is not None and r.id in seen):
+                    continue  # a copy of a record already read is dropped by id, never processed
+                seen.add(r.id)
+                usable = min((s[i][1] if (i := bisect.bisect_right(s, (r.offset, END)) - 1) >= 0 else -(2**63))
+                             for s in steps.values()) if steps else -(2**63)
+                if r.timestamp < usable:
+                    bad.append(f"{topic}[{p}]@{r.offset} at {r.timestamp} is behind the usable watermark {usable}")
+    return bad

@@ -298,6 +298,12 @@ class ComputationRunner:
                     failures.append((p, task, e))
         self._last_commit = time.monotonic()
         self._open = False
+        for p, task in todo:
+            if task.renew_needed and not any(task is t for _, t, _ in failures):
+                try:
+                    self._renew(task)
+                except Exception as e:
+                    failures.append((p, task, e))
         for p, task, e in failures:
             if isinstance(e, FencedError):
                 del self.tasks[p]
@@ -305,6 +311,12 @@ class ComputationRunner:
         if failures:
             fenced = [e for _, _, e in failures if isinstance(e, FencedError)]
             raise (fenced or [failures[0][2]])[0]
+
+    def _renew(self, task: Task) -> None:
+        """A task whose transaction aborted goes on as a new incarnation (Task.renew)."""
+        incarnation, token = self._announce(task.partition)
+        task.renew(incarnation, check_owner=self._check_still_owner, owner=token)
+        log.info("%s: renewed as incarnation %d after an abort", task.name, incarnation, extra=about(task))
 
     def _commit_task(self, task: Task) -> None:
         commits, started = task.counters.commits, time.monotonic()

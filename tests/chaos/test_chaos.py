@@ -22,7 +22,7 @@ from kwheel.testing.processes import WorkerProcess, wait_until
 from kwheel.testing.readers import read_committed
 from kwheel.watermarks import MAX_WATERMARK, MIN_WATERMARK
 from tests.chaos.pipeline import chaos, region_of
-from tests.helpers import latest_watermark, read_controls, setup_topics
+from tests.helpers import latest_watermark, read_controls, records_behind_a_usable_watermark, setup_topics
 
 REF = "tests.chaos.pipeline:chaos"
 LONG = os.environ.get("KWHEEL_CHAOS") == "long"
@@ -33,7 +33,10 @@ USERS = 400
 DISORDER_MS = 200
 COMPUTATIONS = ("user_windows", "region_windows")
 # Sessions outlive a broker stall, so a stall is a stall (clients retry), not a rebalance storm.
-WORKER_ENV = {"KWHEEL_SESSION_TIMEOUT_MS": "30000"}
+# Transactions time out sooner than a stall lasts, so stalls abort transactions whose
+# watermark was raised. The last stage lags (work per record), so faults meet its backlog.
+WORKER_ENV = {"KWHEEL_SESSION_TIMEOUT_MS": "30000", "KWHEEL_TRANSACTION_TIMEOUT_MS": "6000",
+              "KWHEEL_CHAOS_LAG_MS": "0" if LONG else "2"}
 # Transactions of at most 500 records, so faults land inside open ones. Long mode commits
 # a backlog once a second rather than every 100 ms, so a key's changelog record covers more
 # of its records: the embedded broker holds every record in memory and snapshots it all to
@@ -57,6 +60,8 @@ class Driver:
         self.group_restarts = 0  # driver remedies for the embedded broker's coordinator
         self.generation = defaultdict(int)
         self.t0 = time.monotonic()
+        self.injecting = threading.Event()
+        self.restart_injector = threading.Event()
 
     def note(self, what: str) -> None:
         self.log_file.write(f"{time.monotonic() - self.t0:8.2f}s {what}\n")
@@ -145,6 +150,16 @@ class Driver:
         self.note(f"remove dynamic worker (pid {w.pid}) with SIGTERM: exit {rc}")
         assert rc == 0, w.log()[-3000:]
 
+    def injector(self) -> None:
+        """Kill the injector (no flush, no final watermark) and start it again under its
+        instance name, re-sending from before what it last flushed: at-least-once."""
+        if not self.injecting.is_set():
+            return self.kill()
+        self.restart_injector.set()
+        wait_until(lambda: not self.restart_injector.is_set() or not self.injecting.is_set(), 30,
+                   "the injector to restart")
+        self.note("injector killed and restarted")
+
     def stall(self) -> None:
         if not self.kafka.embedded:
             return self.kill()
@@ -158,9 +173,12 @@ class Driver:
         self.note("SIGCONT broker")
 
     def fault(self, kind: str | None = None) -> None:
-        kind = kind or self.rng.choice(["kill", "kill", "zombie", "add", "remove"])
+        kind = kind or self.rng.choice(["kill", "kill", "zombie", "add", "remove", "injector"])
         getattr(self, kind)()
         self.faults[kind] += 1
+        if kind == "kill" and self.rng.random() < 0.3:
+            self.note("not settling: the next fault may come while the group recovers")
+            return
         self.settle()
 
     def settle(self) -> None:
@@ -239,27 +257,43 @@ class Driver:
             self.remove()
 
 
-def inject(kafka, p, rng, stop: threading.Event, out: dict) -> None:
-    """Inject RECORDS events at RATE per second with bounded disorder; publish the watermark."""
-    inj = Injector(p, "events", ["events"], WorkerConfig(bootstrap_servers=kafka.bootstrap), instance="chaos")
-    policy = BoundedDisorder(DISORDER_MS)
+def inject(kafka, p, rng, stop: threading.Event, out: dict, d: Driver) -> None:
+    """Inject RECORDS events at RATE per second with bounded disorder; publish the watermark.
+    When the driver asks, the injector is killed and restarted (``Driver.injector``)."""
+    cfg = WorkerConfig(bootstrap_servers=kafka.bootstrap)
     t0 = (int(time.time()) - RECORDS // 100 - 60) * 1000  # ~10 ms of event time per record, in the past
     events = []
-    started = time.monotonic()
     for i in range(RECORDS):
         ts = t0 + i * 10 + rng.randrange(DISORDER_MS // 2)
         events.append((f"u{rng.randrange(USERS)}", ts, rng.randrange(1, 100)))
-    for i, (user, ts, amount) in enumerate(events):
-        if stop.is_set():
-            break
-        inj.send("events", user, {"user": user, "amount": amount}, timestamp=ts)
+    out["events"] = events
+
+    def start():
+        return Injector(p, "events", ["events"], cfg, instance="chaos", publish_interval_ms=None), \
+            BoundedDisorder(DISORDER_MS)
+
+    inj, policy = start()
+    d.injecting.set()
+    started = time.monotonic()
+    flushed = 0  # every record before this one was delivered (publish flushes)
+    i = 0
+    while i < len(events) and not stop.is_set():
+        if d.restart_injector.is_set():
+            inj, policy = start()  # the old one is dropped unflushed, as a killed process would
+            i = max(0, flushed - rng.randrange(300))  # re-sent copies carry the same ids
+            d.restart_injector.clear()
+        user, ts, amount = events[i]
+        inj.send("events", user, {"user": user, "amount": amount}, timestamp=ts, id=f"e{i}".encode())
         inj.advance(policy.observe(ts))
+        i += 1
         if i % 200 == 0:
+            inj.publish()
+            flushed = i
             ahead = i / RATE - (time.monotonic() - started)
             if ahead > 0:
                 time.sleep(ahead)  # pacing the load, not synchronisation
     inj.close(final=True)
-    out["events"] = events
+    d.injecting.clear()
 
 
 def reference(events):
@@ -288,15 +322,16 @@ def test_chaos(kafka, name, workers, tmp_path):
     d.start_all()
     d.settle()
     stop, out = threading.Event(), {}
-    feeder = threading.Thread(target=inject, args=(kafka, p, random.Random(rng.random()), stop, out), daemon=True)
+    feeder = threading.Thread(target=inject, args=(kafka, p, random.Random(rng.random()), stop, out, d), daemon=True)
     feeder.start()
     try:
         interval = (RECORDS / RATE) / (MIN_FAULTS + 2)
         d.fault("stall")
+        mid_stall = MIN_FAULTS // 2
         while feeder.is_alive():
             feeder.join(interval * d.rng.uniform(0.5, 1.0))
             if feeder.is_alive():
-                d.fault()
+                d.fault("stall" if sum(d.faults.values()) == mid_stall else None)  # one with batches open
         while sum(d.faults.values()) < MIN_FAULTS:
             d.fault()
         d.note(f"injection done; faults {dict(d.faults)}; group restarts {d.group_restarts}")
@@ -321,6 +356,13 @@ def test_chaos(kafka, name, workers, tmp_path):
     for c in read_controls(kafka.bootstrap, name):
         assert c.watermark >= last.get(c.producer, MIN_WATERMARK), f"{c.producer} watermark went backwards"
         last[c.producer] = c.watermark
+    # no record was late: none could be behind a watermark its reader was allowed to use
+    for comp in COMPUTATIONS:
+        behind = records_behind_a_usable_watermark(kafka.bootstrap, p, comp)
+        assert not behind, f"{comp}: {len(behind)} records behind a usable watermark, e.g. {behind[:3]}"
+    # wall-time timers fired once each: one greeting per user
+    greeted = [json.loads(r.value)["user"] for r in read_committed(kafka.bootstrap, f"{name}.greetings")]
+    assert sorted(greeted) == sorted({u for u, _, _ in out["events"]}), "a wall-time timer fired twice or never"
 
 
 def dump(kafka, p, folder, events) -> None:

@@ -24,7 +24,8 @@ from kwheel.injector import BoundedDisorder, Injector
 from kwheel.testing.processes import wait_until
 from kwheel.testing.readers import read_committed
 from kwheel.watermarks import MAX_WATERMARK
-from tests.helpers import committed_total, latest_watermark, setup_topics, worker_stats
+from tests.helpers import (committed_total, latest_watermark, records_behind_a_usable_watermark, setup_topics,
+                           worker_stats)
 from tests.pipelines.relay_windows import pipeline
 
 REF = "tests.pipelines.relay_windows:pipeline"
@@ -38,12 +39,12 @@ WIN_ARGS = ["-c", "win", "--batch-size", "100"]
 class Run:
     """The pipeline with all records injected, ``relay`` done and ``win`` lagging."""
 
-    def __init__(self, kafka, name, workers):
+    def __init__(self, kafka, name, workers, relay_env=None):
         self.kafka, self.name, self.workers = kafka, name, workers
         self.p = pipeline(name)
         setup_topics(kafka.bootstrap, self.p)
         self.win = workers(REF, name, slot="win", args=WIN_ARGS, env=WIN_ENV)
-        self.relay = self.relay_worker("relay")
+        self.relay = self.workers(REF, name, slot="relay", args=["-c", "relay"], env=relay_env)
         t0 = (int(time.time() * 1000) // 1000 - 3600) * 1000
         self.events = [(f"k{i % KEYS}", t0 + i * STEP_MS, i) for i in range(RECORDS)]
         inj = Injector(self.p, "source", ["events"], WorkerConfig(bootstrap_servers=kafka.bootstrap), instance="i0")
@@ -53,7 +54,7 @@ class Run:
             inj.advance(policy.observe(ts))
         inj.close(final=True)
         group, parts = self.p.group_id("relay"), self.p.streams["events"].partitions
-        wait_until(lambda: committed_total(kafka.bootstrap, group, f"{name}.events", parts) == RECORDS, 30,
+        wait_until(lambda: committed_total(kafka.bootstrap, group, f"{name}.events", parts) == RECORDS, 60,
                    "relay to pass every record on")
         relayed = read_committed(kafka.bootstrap, f"{name}.relayed")
         assert len(relayed) == RECORDS
@@ -95,6 +96,9 @@ class Run:
             "unexpected windows": len(got.keys() - expected.keys()),
             "records missing": sum(n - got.get(k, (0, 0))[0] for k, (n, _) in expected.items()),
             "late at win": late,
+            # what any reader of relayed could have found behind a watermark it may use
+            "records behind a usable watermark": len(
+                records_behind_a_usable_watermark(self.kafka.bootstrap, self.p, "win")),
         }
         assert summary == dict.fromkeys(summary, 0), (f"{summary} (of {len(expected)} windows, {RECORDS} records; "
                                                         f"win's backlog at the faults: {self.behind_at_faults})")
@@ -130,4 +134,19 @@ def test_relay_rebalanced_while_win_lags(kafka, name, workers):
     before = run.relay.log().count("assigned and ready")
     assert extra.stop() == 0
     wait_until(lambda: run.relay.log().count("assigned and ready") > before, 30, "relay to take its partitions back")
+    run.check_results()
+
+
+def test_a_relay_transaction_aborted_after_its_watermark_rose(kafka, name, workers, tmp_path):
+    # relay's user function outlasts the transaction timeout once: the batch is aborted at
+    # the tick that had raised relay's input watermark from positions past the batch. Kept,
+    # that watermark went out before the batch's replay, whose records then came late to win.
+    mark = tmp_path / "slow-once"
+    run = Run(kafka, name, workers, relay_env={
+        "KWHEEL_TRANSACTION_TIMEOUT_MS": "2000", "KWHEEL_TEST_RELAY_SLOW_SEQ": str(RECORDS // 2),
+        "KWHEEL_TEST_RELAY_SLOW_S": "3", "KWHEEL_TEST_RELAY_SLOW_MARK": str(mark)})
+    assert mark.exists()
+    run.behind_at_faults.append(run.backlog())
+    assert run.relay.stop() == 0
+    assert worker_stats(run.relay.log(), "relay")["aborts"] >= 1
     run.check_results()

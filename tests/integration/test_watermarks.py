@@ -10,7 +10,8 @@ from kwheel.injector import BoundedDisorder, Injector
 from kwheel.testing.processes import wait_until
 from kwheel.testing.readers import read_committed
 from kwheel.watermarks import MAX_WATERMARK, MIN_WATERMARK
-from tests.helpers import latest_watermark, read_controls, setup_topics, worker_stats
+from tests.helpers import (latest_watermark, read_controls, records_behind_a_usable_watermark, setup_topics,
+                           worker_stats)
 from tests.pipelines.windows import three_stage, wall_timers
 
 REF = "tests.pipelines.windows:three_stage"
@@ -113,6 +114,9 @@ def test_watermarks_are_monotonic_and_never_pass_upstream(kafka, name, workers):
     # the watermark really moved through event time, not only to the end
     moving = {c.watermark for c in controls if c.producer in counters} - {MIN_WATERMARK, MAX_WATERMARK}
     assert len(moving) > 3
+    # and, whatever speed a reader had, none could use a watermark past a record not yet read
+    for stage in ("tagger", "counter"):
+        assert records_behind_a_usable_watermark(kafka.bootstrap, p, stage) == []
 
 
 def test_event_time_windows_fire_once_with_exact_counts(kafka, name, workers):

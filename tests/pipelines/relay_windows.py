@@ -3,7 +3,9 @@
 ``events`` (injected) -> ``relay`` (pass-through) -> ``relayed`` -> ``win`` (1 s tumbling
 windows: count and sum of ``seq`` per key) -> ``windows``. ``win`` sleeps
 KWHEEL_TEST_WIN_SLEEP_MS per record so it lags behind ``relay``, and faults in ``relay``
-happen while ``win`` still has a backlog.
+happen while ``win`` still has a backlog. ``relay`` sleeps KWHEEL_TEST_RELAY_SLOW_S once, on
+the record whose ``seq`` is KWHEEL_TEST_RELAY_SLOW_SEQ (the file KWHEEL_TEST_RELAY_SLOW_MARK
+remembers it did): a user function slower than the transaction timeout.
 """
 
 import os
@@ -16,6 +18,10 @@ SLEEP_S = float(os.environ.get("KWHEEL_TEST_WIN_SLEEP_MS", "0")) / 1000
 
 class Relay(Computation):
     def process_record(self, ctx, record):
+        mark = os.environ.get("KWHEEL_TEST_RELAY_SLOW_MARK")
+        if mark and record.value["seq"] == int(os.environ["KWHEEL_TEST_RELAY_SLOW_SEQ"]) and not os.path.exists(mark):
+            open(mark, "w").close()
+            time.sleep(float(os.environ["KWHEEL_TEST_RELAY_SLOW_S"]))
         ctx.produce("relayed", ctx.key, record.value, record.timestamp)
 
 
