@@ -129,6 +129,14 @@ class ComputationRunner:
             raise BrokerError(f"task {pid}: could not announce incarnation {control.incarnation} on the watermark "
                               f"topic within startup_timeout_s={self.cfg.startup_timeout_s:g}")
         self.catch_up()
+        owner = self.table.owner(pid)
+        if owner is not None and owner[0] > control.incarnation:
+            # Ours was written after a newer one (we read the topic before it came): on the
+            # compacted topic ours would replace it, so write the owner's claim again.
+            self.publisher.publish(self.table.announcements[pid])
+            self.publisher.flush(self.cfg.startup_timeout_s)
+            raise FencedError(f"task {pid}: incarnation {owner[0]} took it over while this process was announcing "
+                              f"incarnation {control.incarnation}")
         return control.incarnation, control.owner
 
     def _check_still_owner(self, task: Task) -> None:
@@ -255,8 +263,7 @@ class ComputationRunner:
                                     task.stats())
             if control is None:
                 continue  # a newer opening announced itself: readers would drop this (ownership.py)
-            self.publisher.publish(control)
-            self.table.add(control)
+            self.publisher.publish(control)  # the table takes it in when the reader reads it back
             self._published[p] = (control.watermark, now)
 
     def _consumer_error(self, err: KafkaError) -> None:
@@ -313,7 +320,9 @@ class ComputationRunner:
             raise (fenced or [failures[0][2]])[0]
 
     def _renew(self, task: Task) -> None:
-        """A task whose transaction aborted goes on as a new incarnation (Task.renew)."""
+        """A task whose transaction aborted goes on as a new incarnation (Task.renew), if it
+        is still its owner: a zombie's abort may succeed before its successor fenced it."""
+        self._check_still_owner(task)
         incarnation, token = self._announce(task.partition)
         task.renew(incarnation, check_owner=self._check_still_owner, owner=token)
         log.info("%s: renewed as incarnation %d after an abort", task.name, incarnation, extra=about(task))
@@ -331,10 +340,13 @@ class ComputationRunner:
             log.warning("%s: abort failed: %s", task.name, e, extra=about(task))
 
     @scoped
-    def close(self, commit: bool = True) -> None:
-        """Commit (unless failing), then leave the group (revoke closes the tasks)."""
-        if commit:
+    def close(self, commit: bool = True, advance: bool = True) -> None:
+        """Commit (unless failing), then leave the group (revoke closes the tasks). With
+        ``advance`` the last commit is a tick: watermarks, timers, a last publish."""
+        if commit and advance:
             self.tick()
+        elif commit:
+            self.commit()
         else:
             for task in self.tasks.values():
                 self._abort_task(task)

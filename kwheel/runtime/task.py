@@ -686,10 +686,20 @@ def _state_size(tag: bytes, value: bytes | dict, exact: bool = False) -> int:
     if type(value) is bytes:
         return size + len(value)
     if not exact:
-        estimate = size  # pickle: UTF-8 text takes up to 4 bytes a character, any number under 16
+        estimate = size  # pickle: UTF-8 text takes up to 4 bytes a character
         for item in value.items():
             for x in item:
-                estimate += 4 * len(x) + 8 if type(x) is str else len(x) + 8 if type(x) is bytes else 16
+                t = type(x)
+                if t is str:
+                    estimate += 4 * len(x) + 8
+                elif t is bytes:
+                    estimate += len(x) + 8
+                elif t is int:
+                    estimate += x.bit_length() // 8 + 16
+                elif t in (float, bool, type(None)):
+                    estimate += 16
+                else:  # a tuple key or the like: measure
+                    return size + len(layout.encode_state(value))
         if estimate <= MAX_RECORD_BYTES // 2:
             return estimate
     return size + len(layout.encode_state(value))

@@ -15,7 +15,7 @@ from ..kafka import clients
 from ..kafka.topics import check_topics
 from ..pipeline import Pipeline
 from ..watermarks.transport import WatermarkPublisher, WatermarkReader
-from ..watermarks.upstream import WatermarkTable
+from ..watermarks.upstream import WatermarkTable, feeding
 from .runner import ComputationRunner
 
 log = logging.getLogger("kwheel.worker")
@@ -77,7 +77,7 @@ class Worker:
     def _run(self) -> None:
         self._wait_for_topics()
         topic = self.pipeline.watermark_topic()
-        self.table = WatermarkTable()
+        self.table = WatermarkTable(keeps_history=feeding(self.pipeline, self.names))
         self.reader = WatermarkReader(self.cfg, topic, self.table)
         self.reader.catch_up(self.cfg.startup_timeout_s)
         self.publisher = WatermarkPublisher(self.cfg, topic)
@@ -90,16 +90,23 @@ class Worker:
             self.metrics.runners = self.runners
         log.info("worker %s running %s", self.cfg.slot or "(dynamic)", ", ".join(self.names))
         timeout = 0.1 / len(self.runners)
+        failed = False
         try:
             while not self._stop:
                 self.reader.poll(0)
                 for r in self.runners:
                     r.step(timeout)
+        except BaseException:
+            failed = True
+            raise
         finally:
-            # A failed task has aborted its own batch already; the others commit theirs.
+            # A failed task has aborted its own batch already; the others commit theirs. After
+            # a failure the consumers' positions may be past records nobody processed (a
+            # poll's records for the tasks after the failed one), so no watermark is raised
+            # from them: the batches commit as they are.
             for r in self.runners:
                 try:
-                    r.close()
+                    r.close(advance=not failed)
                 except Exception as e:
                     log.warning("closing %s: %s", r.spec.name, e)
             self.publisher.flush()

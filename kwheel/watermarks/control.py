@@ -10,7 +10,13 @@ from pathlib import Path
 import fastavro
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "watermark.avsc"
-_SCHEMA = fastavro.parse_schema(json.loads(SCHEMA_PATH.read_text()))
+_SCHEMA_JSON = json.loads(SCHEMA_PATH.read_text())
+_SCHEMA = fastavro.parse_schema(_SCHEMA_JSON)
+# Controls written before announcements existed (no `announce`, no `owner`): read with
+# that writer schema, the new fields take their defaults. Tasks of that kwheel named no
+# owner token, so readers keep their controls until a new opener announces itself.
+_SCHEMA_V1 = fastavro.parse_schema({**_SCHEMA_JSON, "fields": [
+    f for f in _SCHEMA_JSON["fields"] if f["name"] not in ("announce", "owner")]})
 
 TASK = "TASK"
 INJECTOR = "INJECTOR"
@@ -44,7 +50,10 @@ class Control:
 
     @classmethod
     def decode(cls, data: bytes) -> Control:
-        d = fastavro.schemaless_reader(io.BytesIO(data), _SCHEMA)
+        try:
+            d = fastavro.schemaless_reader(io.BytesIO(data), _SCHEMA)
+        except (EOFError, ValueError, IndexError):
+            d = fastavro.schemaless_reader(io.BytesIO(data), _SCHEMA_V1, _SCHEMA)
         return cls(
             producer=d["producer"], kind=d["kind"], streams=list(d["streams"]), watermark=d["watermark"],
             positions=[(p["topic"], p["partition"], p["offset"]) for p in d["positions"]],

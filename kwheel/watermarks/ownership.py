@@ -11,8 +11,9 @@ watermarks; the watermark topic itself says who owns a task. Opening a task:
 
 An announcement carries no watermark and no positions: it covers nothing the new owner has
 written. Readers (``WatermarkTable``) keep only the controls of the latest announcement.
-Announcements have keys of their own on the compacted topic, so the newest one survives
-compaction and the next incarnation number is always above every earlier one.
+Announcements have keys of their own on the compacted topic, so a zombie's control never
+replaces one; an opening whose announcement landed after a newer one writes that one
+again (runner.py), so compaction keeps the owner's claim.
 """
 
 from __future__ import annotations

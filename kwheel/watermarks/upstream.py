@@ -38,23 +38,40 @@ class WatermarkTable:
     far ahead of it (docs/architecture.md).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, keeps_history: Callable[[Control], bool] | None = None) -> None:
+        # whose history to keep (a worker: the producers feeding its tasks); of the others,
+        # the newest control only (status, ownership and what they published need no more)
+        self._keeps_history = keeps_history
         self.entries: dict[str, list[Control]] = {}  # producer -> kept controls, oldest first
         self._levels: dict[str, list[list[Control]]] = {}  # producer -> levels, the newest first
         self.owners: dict[str, tuple[int, str]] = {}  # task -> (incarnation, token) last announced
+        self.announcements: dict[str, Control] = {}  # task -> its owner's announcement
+        self._newest: dict[str, int] = {}  # task -> the highest incarnation any of its records named
         self._top: dict[str, int] = {}  # producer -> highest watermark it published
 
     def add(self, c: Control) -> bool:
         """Take in the next control of the topic; True if it was kept as a watermark."""
         pid = c.producer
         if c.kind == TASK:
+            if c.incarnation > self._newest.get(pid, 0):
+                self._newest[pid] = c.incarnation
             owner = self.owners.get(pid)
             if c.announce:
                 if owner is None or c.incarnation >= owner[0]:
                     self.owners[pid] = (c.incarnation, c.owner)
+                    self.announcements[pid] = c
                 return False
             if owner is not None and (c.incarnation, c.owner) != owner:
                 return False
+        if self._keeps_history is not None and not self._keeps_history(c):
+            self.entries[pid] = [c]
+        else:
+            self._keep(pid, c)
+        if c.watermark > self._top.get(pid, MIN_WATERMARK):
+            self._top[pid] = c.watermark
+        return True
+
+    def _keep(self, pid: str, c: Control) -> None:
         levels = self._levels.setdefault(pid, [[]])
         newest = levels[0]
         if newest and newest[-1].positions == c.positions:
@@ -70,9 +87,6 @@ class WatermarkTable:
                 levels[j + 1].append(levels[j].pop(0))
                 j += 1
             self.entries[pid] = [c for level in reversed(levels) for c in level]
-        if c.watermark > self._top.get(pid, MIN_WATERMARK):
-            self._top[pid] = c.watermark
-        return True
 
     def latest(self, producer: str) -> Control | None:
         hist = self.entries.get(producer)
@@ -87,9 +101,10 @@ class WatermarkTable:
         return self.owners.get(producer)
 
     def incarnation(self, producer: str) -> int:
-        """The newest incarnation of a task (0 when none announced)."""
-        owner = self.owners.get(producer)
-        return owner[0] if owner else 0
+        """The newest incarnation of a task any record named (0 when none): an opener takes
+        the next one, so it fences every id used before, also one that only controls of
+        an older kwheel (without announcements) name."""
+        return self._newest.get(producer, 0)
 
     def injectors_of(self, stream: str) -> list[str]:
         return [p for p, hist in self.entries.items()
@@ -101,6 +116,14 @@ class _Feed:
     stream: str
     tasks: tuple[str, ...]  # producer ids of computation tasks that write the stream
     injected: bool  # a source stream: injector processes feed it
+
+
+def feeding(pipeline: Pipeline, computations: list[str]) -> Callable[[Control], bool]:
+    """Whether a control comes from a producer feeding one of ``computations``."""
+    feeds = [f for c in computations for f in Upstream(pipeline, c, 0).feeds]
+    tasks = {pid for f in feeds for pid in f.tasks}
+    injected = {f.stream for f in feeds if f.injected}
+    return lambda c: c.producer in tasks or (c.kind == INJECTOR and not injected.isdisjoint(c.streams))
 
 
 class Upstream:

@@ -131,3 +131,25 @@ def test_of_two_openings_that_claimed_the_same_incarnation_the_later_claim_wins(
     for r in (first, second):
         r.consumer.close()
         r.test_reader.close()
+
+
+def test_an_announcement_written_after_a_newer_one_puts_the_newer_one_back(kafka, name, tmp_path):
+    # a process that read the topic long ago claims incarnation 1 after 2 was announced; the
+    # compacted topic keeps only the last announcement per task, so the stale one would
+    # stand for the owner to every new reader: the stale opener writes the owner's claim again
+    from kwheel.testing.readers import read_committed
+    from kwheel.watermarks.control import Control
+
+    p = keyed_count(name, partitions=1).validate()
+    setup_topics(kafka.bootstrap, p)
+    stale, owner = _process(kafka, p, tmp_path / "stale"), _process(kafka, p, tmp_path / "owner")
+    assert owner._announce(0)[0] == 1
+    n, token = owner._announce(0)
+    assert n == 2
+    with pytest.raises(FencedError, match="incarnation 2 took it over while this process was announcing incarnation 1"):
+        stale._announce(0)
+    last = Control.decode(read_committed(kafka.bootstrap, p.watermark_topic())[-1].value)
+    assert last.announce and (last.incarnation, last.owner) == (2, token)
+    for r in (stale, owner):
+        r.consumer.close()
+        r.test_reader.close()

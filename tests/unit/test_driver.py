@@ -281,3 +281,29 @@ def test_timers_that_close_at_once_fire_in_bounded_transactions(monkeypatch):
         d.run()
         late = {r.value["key"]: r.value["late"] for r in d.outputs("closed") if "late" in r.value}
         assert late["late"] and not late["on-time"]
+
+
+class Hoarder(Computation):
+    """Keeps what the record says in its key's state."""
+
+    def process_record(self, ctx, record):
+        ctx.state["v"] = eval(record.value["v"])  # noqa: S307 - test input: a Python literal to keep
+        ctx.produce("closed", ctx.key, {"key": ctx.key}, record.timestamp)
+
+
+@pytest.mark.parametrize("literal", ["'x' * 1_100_000", "1 << 9_000_000", "{('a', i): i for i in range(200_000)}"])
+def test_a_state_over_a_changelog_record_is_an_error_of_its_record(literal):
+    # estimated from above without encoding: a big int or a tuple key must not slip through
+    p = Pipeline("hoard")
+    p.stream("events", partitions=1, value="json", source=True)
+    p.stream("closed", partitions=1, value="json")
+    p.stream("dead", partitions=1, value="bytes")
+    p.computation("hoarder", Hoarder, inputs=["events"], outputs=["closed"], dead_letter="dead")
+    with PipelineDriver(p) as d:
+        d.send("events", "big", {"v": literal})
+        d.send("events", "small", {"v": "1"})
+        d.run()
+        assert [r.key for r in d.outputs("closed")] == ["small"]
+        [dead] = d.messages("dead")
+        assert b"StateTooLargeError" in dict(dead.headers())["kwheel.error"]
+        assert d.state("hoarder", "big") == {}

@@ -164,6 +164,15 @@ def test_controls_of_a_task_that_never_announced_are_kept():
     assert table_of(task(A0, 5, incarnation=2)).published(A0) == 5
 
 
+def test_the_next_incarnation_is_above_every_one_any_record_named():
+    # an older kwheel's tasks named their incarnation in every control, with no announcement:
+    # the first opener after an upgrade must fence those ids too
+    t = table_of(task(A0, 5, incarnation=9))
+    assert t.incarnation(A0) == 9
+    t.add(announce(A0, 10))
+    assert not t.add(task(A0, 6, incarnation=9)) and t.incarnation(A0) == 10
+
+
 def test_injectors_of_a_stream():
     t = table_of(
         injector(1, pid=INJ1, streams=["events"]),
@@ -410,3 +419,15 @@ def test_a_reader_far_behind_its_producer_still_advances(pipeline):
     assert 50 < up.watermark(t, at(p__events=300)) <= 300
     assert 2000 < up.watermark(t, at(p__events=2500)) <= 2500
     assert up.watermark(t, at(p__events=5000)) == 5000
+
+
+def test_a_worker_keeps_history_only_of_the_producers_feeding_its_tasks(pipeline):
+    from kwheel.watermarks.upstream import feeding
+
+    t = WatermarkTable(keeps_history=feeding(pipeline, ["B"]))  # B reads mid, written by A
+    for i in range(1, 100):
+        t.add(task(A0, i, positions=[("p.mid", 0, i)]))
+        t.add(injector(i, [("p.events", 0, i)]))
+    assert len(t.entries[A0]) > 1 and len(t.entries[INJ1]) == 1
+    assert t.published(INJ1) == 99 and t.latest(INJ1).watermark == 99
+    assert feeding(pipeline, ["A"])(injector(1)) and not feeding(pipeline, ["A"])(task(A0, 1))

@@ -78,3 +78,20 @@ def test_producer_ids():
     assert task_producer_id("counter", 3) == "task:counter/3"
     assert injector_producer_id("load", "host-1") == "injector:load/host-1"
     assert task_producer_id("a", 0) != injector_producer_id("a", "0")
+
+
+def test_a_control_written_before_announcements_existed_still_decodes():
+    import io
+
+    import fastavro
+
+    from kwheel.watermarks.control import _SCHEMA_V1
+
+    buf = io.BytesIO()
+    fastavro.schemaless_writer(buf, _SCHEMA_V1, {
+        "producer": "task:c/0", "kind": "TASK", "streams": ["s"], "watermark": 5, "input_watermark": 4,
+        "positions": [{"topic": "t", "partition": 0, "offset": 9}], "final": False, "wall_time": 1,
+        "stats": {}, "incarnation": 7})
+    c = Control.decode(buf.getvalue())
+    assert (c.producer, c.watermark, c.positions, c.incarnation) == ("task:c/0", 5, [("t", 0, 9)], 7)
+    assert not c.announce and c.owner == ""

@@ -239,8 +239,7 @@ class WatermarkProtocol(RuleBasedStateMachine):
         c = owner_control(proc.table, task_producer_id("relay", task.partition), task.incarnation, task.owner,
                           ["mid"], task.compute_output_watermark(), positions, 0)
         if c is not None:
-            self.topic.publish(c)
-            proc.table.add(c)
+            self.topic.publish(c)  # the process takes it in when it reads the topic back
 
     def _guard(self, proc: Process, fn, *args) -> bool:
         try:
