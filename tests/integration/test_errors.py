@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections import Counter
 
 from kwheel.testing.processes import wait_until
@@ -107,3 +108,29 @@ def test_dead_letter_stream_sets_the_record_aside_and_goes_on(kafka, name, worke
     headers = dict(dead.headers)
     assert b"ValueError: poisoned record 350" in headers["kwheel.error"]
     assert headers["kwheel.source"].startswith(f"{name}.events[".encode())
+
+
+def test_a_worker_stopped_by_a_poison_record_raises_no_watermark_past_records_it_never_read(kafka, name, workers):
+    # one poll brings records of both partitions; the first task's poison record stops the
+    # worker before the second task processed its share, though its consumer position is
+    # past it. Closing with a tick raised that task's watermark from that position (to the
+    # injector's final one) and committed it: after the fix, every one of its records came late.
+    from kwheel.config import WorkerConfig
+    from kwheel.injector import Injector
+    from tests.helpers import worker_stats
+
+    p = flaky_count(name)
+    setup_topics(kafka.bootstrap, p)
+    inj = Injector(p, "source", ["events"], WorkerConfig(bootstrap_servers=kafka.bootstrap), instance="i0")
+    events = make_events(400, keys=8)
+    t0 = int(time.time() * 1000) - 60_000
+    for i, (key, value) in enumerate(events):  # each partition's first records are poisoned
+        inj.send("events", key, {**value, "poison": i < 8}, timestamp=t0 + i)
+    inj.close(final=True)
+    w = workers("tests.pipelines.counting:flaky_count", name, slot="s0")
+    assert w.wait(60) == 1
+    cured = workers("tests.pipelines.counting:flaky_count", name, slot="s0", tag="cured", env={"KWHEEL_TEST_CURED": "1"})
+    wait_until(lambda: count_outputs(kafka.bootstrap, f"{name}.counts") >= len(events), 60, "all counts")
+    assert cured.stop() == 0
+    check_exact_counts(kafka.bootstrap, f"{name}.counts", Counter(k for k, _ in events))
+    assert worker_stats(cured.log())["late"] == 0
