@@ -39,7 +39,7 @@ WIN_ARGS = ["-c", "win", "--batch-size", "100"]
 class Run:
     """The pipeline with all records injected, ``relay`` done and ``win`` lagging."""
 
-    def __init__(self, kafka, name, workers, relay_env=None):
+    def __init__(self, kafka, name, workers, relay_env=None, while_relaying=None):
         self.kafka, self.name, self.workers = kafka, name, workers
         self.p = pipeline(name)
         setup_topics(kafka.bootstrap, self.p)
@@ -53,9 +53,17 @@ class Run:
             inj.send("events", key, {"seq": seq}, timestamp=ts)
             inj.advance(policy.observe(ts))
         inj.close(final=True)
+        if while_relaying is not None:
+            while_relaying(self)
         group, parts = self.p.group_id("relay"), self.p.streams["events"].partitions
-        wait_until(lambda: committed_total(kafka.bootstrap, group, f"{name}.events", parts) == RECORDS, 60,
-                   "relay to pass every record on")
+
+        def relayed_all():
+            if not self.relay.alive():  # a supervisor restarts a worker that gave up
+                self.relay = self.workers(REF, name, slot="relay", args=["-c", "relay"], env=relay_env,
+                                          tag=f"relay-restarted-{time.monotonic():.0f}")
+            return committed_total(kafka.bootstrap, group, f"{name}.events", parts) == RECORDS
+
+        wait_until(relayed_all, 90, "relay to pass every record on")
         relayed = read_committed(kafka.bootstrap, f"{name}.relayed")
         assert len(relayed) == RECORDS
         self.ends = {r.partition: r.offset + 1 for r in relayed}  # past each partition's last record
@@ -149,4 +157,22 @@ def test_a_relay_transaction_aborted_after_its_watermark_rose(kafka, name, worke
     run.behind_at_faults.append(run.backlog())
     assert run.relay.stop() == 0
     assert worker_stats(run.relay.log(), "relay")["aborts"] >= 1
+    run.check_results()
+
+
+def test_a_broker_stall_longer_than_the_transaction_timeout_while_relay_works(kafka, name, workers):
+    # relay's open transactions outlive their timeout while the broker is frozen; whatever
+    # relay does then (abort and replay, or give up and be restarted), win must not see a
+    # watermark pass the replayed records
+    def stall(run):
+        time.sleep(1)  # relay is busy now: 6,000 records at 1 ms each
+        kafka.pause()
+        try:
+            time.sleep(6)  # the fault: the broker frozen for twice the transaction timeout
+        finally:
+            kafka.resume()
+
+    run = Run(kafka, name, workers, relay_env={"KWHEEL_TEST_RELAY_SLEEP_MS": "1", "KWHEEL_TRANSACTION_TIMEOUT_MS": "3000"},
+              while_relaying=stall)
+    run.behind_at_faults.append(run.backlog())
     run.check_results()

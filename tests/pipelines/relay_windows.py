@@ -3,7 +3,8 @@
 ``events`` (injected) -> ``relay`` (pass-through) -> ``relayed`` -> ``win`` (1 s tumbling
 windows: count and sum of ``seq`` per key) -> ``windows``. ``win`` sleeps
 KWHEEL_TEST_WIN_SLEEP_MS per record so it lags behind ``relay``, and faults in ``relay``
-happen while ``win`` still has a backlog. ``relay`` sleeps KWHEEL_TEST_RELAY_SLOW_S once, on
+happen while ``win`` still has a backlog. ``relay`` sleeps KWHEEL_TEST_RELAY_SLEEP_MS per record,
+and KWHEEL_TEST_RELAY_SLOW_S once, on
 the record whose ``seq`` is KWHEEL_TEST_RELAY_SLOW_SEQ (the file KWHEEL_TEST_RELAY_SLOW_MARK
 remembers it did): a user function slower than the transaction timeout.
 """
@@ -16,8 +17,13 @@ from kwheel import Computation, Pipeline, Tumbling, WindowedAggregation
 SLEEP_S = float(os.environ.get("KWHEEL_TEST_WIN_SLEEP_MS", "0")) / 1000
 
 
+RELAY_SLEEP_S = float(os.environ.get("KWHEEL_TEST_RELAY_SLEEP_MS", "0")) / 1000
+
+
 class Relay(Computation):
     def process_record(self, ctx, record):
+        if RELAY_SLEEP_S:
+            time.sleep(RELAY_SLEEP_S)
         mark = os.environ.get("KWHEEL_TEST_RELAY_SLOW_MARK")
         if mark and record.value["seq"] == int(os.environ["KWHEEL_TEST_RELAY_SLOW_SEQ"]) and not os.path.exists(mark):
             open(mark, "w").close()
