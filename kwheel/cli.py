@@ -135,7 +135,7 @@ def topics_create(
 @topics_app.command("check")
 def topics_check(pipeline: str = typer.Argument(..., help=PIPELINE_HELP), bootstrap_servers: Optional[str] = Bootstrap,
                  config: Optional[Path] = ConfigFile) -> None:
-    """Verify every topic exists with the right partitions and cleanup policy."""
+    """Verify every topic exists with the right partitions, cleanup policy and (changelogs) delete.retention.ms."""
     from .kafka.topics import check_topics
 
     p = load_pipeline(pipeline)

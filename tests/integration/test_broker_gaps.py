@@ -50,12 +50,17 @@ def _successor_visibility(kafka, successor_tid_suffix: str) -> list[bytes]:
     zombie.flush(10)
     fencer = _producer(kafka, tid)  # fences the zombie: its transaction is aborted
     successor = fencer if not successor_tid_suffix else _producer(kafka, tid + successor_tid_suffix)
-    successor.begin_transaction()
-    successor.produce(topic, b"successor", partition=0)
-    successor.commit_transaction(10)
+    return _commit_and_watch(successor, topic, b"successor", got, stop, reader)
+
+
+def _commit_and_watch(producer, topic, value, got, stop, reader) -> list[bytes]:
+    """Commit ``value`` in a transaction, give the live reader 5 s to see it, stop it."""
+    producer.begin_transaction()
+    producer.produce(topic, value, partition=0)
+    producer.commit_transaction(10)
     deadline = time.monotonic() + 5
-    while b"successor" not in got and time.monotonic() < deadline:
-        time.sleep(0.1)
+    while value not in got and time.monotonic() < deadline:
+        time.sleep(0.1)  # polling what the reader thread collected, bounded
     stop.set()
     reader.join(10)
     return got
@@ -90,14 +95,7 @@ def test_records_committed_after_an_abort_reach_a_reader_that_waited_on_it(kafka
     producer.flush(10)
     time.sleep(0.5)  # the reader now waits on the open transaction (the state under test)
     producer.abort_transaction(10)
-    producer.begin_transaction()
-    producer.produce(topic, b"after", partition=0)
-    producer.commit_transaction(10)
-    deadline = time.monotonic() + 5
-    while b"after" not in got and time.monotonic() < deadline:
-        time.sleep(0.1)
-    stop.set()
-    reader.join(10)
+    got = _commit_and_watch(producer, topic, b"after", got, stop, reader)
     if kafka.embedded and got != [b"after"]:
         pytest.xfail("known embedded-broker defect: a live read_committed reader skips a producer id's "
                      "records committed after its abort")

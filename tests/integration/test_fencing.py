@@ -1,5 +1,7 @@
 """Producer fencing at the task level, deterministically: the new owner of a task fences the old."""
 
+from contextlib import contextmanager
+
 import pytest
 from confluent_kafka import Consumer
 
@@ -77,6 +79,18 @@ def test_a_fenced_id_opened_again_writes_again(kafka, name, tmp_path):
     group.close()
 
 
+@contextmanager
+def _processes(kafka, p, tmp_path, *names):
+    """What worker processes build, one per name, closed at the end."""
+    runners = [_process(kafka, p, tmp_path / n) for n in names]
+    try:
+        yield runners
+    finally:
+        for r in runners:
+            r.consumer.close()
+            r.test_reader.close()
+
+
 def _process(kafka, p, state_dir) -> ComputationRunner:
     """What a worker process builds: its watermark table, reader, publisher and runner."""
     cfg = WorkerConfig(bootstrap_servers=kafka.bootstrap, state_dir=state_dir)
@@ -92,24 +106,21 @@ def _process(kafka, p, state_dir) -> ComputationRunner:
 def test_an_owner_that_finishes_opening_after_its_successor_announced_gives_up(kafka, name, tmp_path):
     p = keyed_count(name, partitions=1).validate()
     setup_topics(kafka.bootstrap, p)
-    zombie, successor = _process(kafka, p, tmp_path / "zombie"), _process(kafka, p, tmp_path / "successor")
-    incarnation, token = zombie._announce(0)
-    assert incarnation == 1
-    # the zombie pauses here; its successor is assigned the task, announces and opens it
-    successor.catch_up()  # as _on_assign does first
-    incarnation, token2 = successor._announce(0)
-    assert incarnation == 2
-    task = Task(p, p.computations["counter"], 0, successor.cfg, successor.consumer)
-    task.open(2, fence_from=0, check_owner=successor._check_still_owner, owner=token2)  # the newest: goes on
-    # the zombie wakes and finishes opening incarnation 1, reopening its fenced id
-    stale = Task(p, p.computations["counter"], 0, zombie.cfg, zombie.consumer)
-    with pytest.raises(FencedError, match=r"incarnation 2 took it over while this process was opening incarnation 1"):
-        stale.open(1, check_owner=zombie._check_still_owner, owner=token)
-    stale.close()
-    task.close()
-    for r in (zombie, successor):
-        r.consumer.close()
-        r.test_reader.close()
+    with _processes(kafka, p, tmp_path, "zombie", "successor") as (zombie, successor):
+        incarnation, token = zombie._announce(0)
+        assert incarnation == 1
+        # the zombie pauses here; its successor is assigned the task, announces and opens it
+        successor.catch_up()  # as _on_assign does first
+        incarnation, token2 = successor._announce(0)
+        assert incarnation == 2
+        task = Task(p, p.computations["counter"], 0, successor.cfg, successor.consumer)
+        task.open(2, fence_from=0, check_owner=successor._check_still_owner, owner=token2)  # the newest: goes on
+        # the zombie wakes and finishes opening incarnation 1, reopening its fenced id
+        stale = Task(p, p.computations["counter"], 0, zombie.cfg, zombie.consumer)
+        with pytest.raises(FencedError, match=r"incarnation 2 took it over while this process was opening incarnation 1"):
+            stale.open(1, check_owner=zombie._check_still_owner, owner=token)
+        stale.close()
+        task.close()
 
 
 def test_of_two_openings_that_claimed_the_same_incarnation_the_later_claim_wins(kafka, name, tmp_path):
@@ -117,39 +128,32 @@ def test_of_two_openings_that_claimed_the_same_incarnation_the_later_claim_wins(
     # announcement is later on the topic owns the task, the other gives up before restoring
     p = keyed_count(name, partitions=1).validate()
     setup_topics(kafka.bootstrap, p)
-    first, second = _process(kafka, p, tmp_path / "first"), _process(kafka, p, tmp_path / "second")
-    n1, token1 = first._announce(0)
-    n2, token2 = second._announce(0)
-    assert n1 == n2 == 1 and token1 != token2
-    loser = Task(p, p.computations["counter"], 0, first.cfg, first.consumer)
-    with pytest.raises(FencedError, match="was fenced"):
-        loser.open(1, check_owner=first._check_still_owner, owner=token1)
-    loser.close()
-    winner = Task(p, p.computations["counter"], 0, second.cfg, second.consumer)
-    winner.open(1, check_owner=second._check_still_owner, owner=token2)
-    winner.close()
-    for r in (first, second):
-        r.consumer.close()
-        r.test_reader.close()
+    with _processes(kafka, p, tmp_path, "first", "second") as (first, second):
+        n1, token1 = first._announce(0)
+        n2, token2 = second._announce(0)
+        assert n1 == n2 == 1 and token1 != token2
+        loser = Task(p, p.computations["counter"], 0, first.cfg, first.consumer)
+        with pytest.raises(FencedError, match="was fenced"):
+            loser.open(1, check_owner=first._check_still_owner, owner=token1)
+        loser.close()
+        winner = Task(p, p.computations["counter"], 0, second.cfg, second.consumer)
+        winner.open(1, check_owner=second._check_still_owner, owner=token2)
+        winner.close()
 
 
 def test_an_announcement_written_after_a_newer_one_puts_the_newer_one_back(kafka, name, tmp_path):
     # a process that read the topic long ago claims incarnation 1 after 2 was announced; the
     # compacted topic keeps only the last announcement per task, so the stale one would
     # stand for the owner to every new reader: the stale opener writes the owner's claim again
-    from kwheel.testing.readers import read_committed
     from kwheel.watermarks.control import Control
 
     p = keyed_count(name, partitions=1).validate()
     setup_topics(kafka.bootstrap, p)
-    stale, owner = _process(kafka, p, tmp_path / "stale"), _process(kafka, p, tmp_path / "owner")
-    assert owner._announce(0)[0] == 1
-    n, token = owner._announce(0)
-    assert n == 2
-    with pytest.raises(FencedError, match="incarnation 2 took it over while this process was announcing incarnation 1"):
-        stale._announce(0)
-    last = Control.decode(read_committed(kafka.bootstrap, p.watermark_topic())[-1].value)
-    assert last.announce and (last.incarnation, last.owner) == (2, token)
-    for r in (stale, owner):
-        r.consumer.close()
-        r.test_reader.close()
+    with _processes(kafka, p, tmp_path, "stale", "owner") as (stale, owner):
+        assert owner._announce(0)[0] == 1
+        n, token = owner._announce(0)
+        assert n == 2
+        with pytest.raises(FencedError, match="incarnation 2 took it over while this process was announcing incarnation 1"):
+            stale._announce(0)
+        last = Control.decode(read_committed(kafka.bootstrap, p.watermark_topic())[-1].value)
+        assert last.announce and (last.incarnation, last.owner) == (2, token)
