@@ -19,9 +19,9 @@ from kwheel.testing.readers import read_committed
 from kwheel.watermarks import MAX_WATERMARK
 from tests.helpers import committed_total, latest_watermark, setup_topics, worker_stats
 
-# 200,000 keys in the suite (20 transactions of firings at least); KWHEEL_TIMER_KEYS=1000000
+# 200,000 keys in the suite (20 transactions of firings at least); KWHEEL_TEST_TIMER_KEYS=1000000
 # for the full size (measured in docs/reliability.md: about 3 minutes on 2 cores)
-KEYS = int(os.environ.get("KWHEEL_TIMER_KEYS", "200000"))
+KEYS = int(os.environ.get("KWHEEL_TEST_TIMER_KEYS", "200000"))
 
 
 class Closer(Computation):
