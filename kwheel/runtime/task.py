@@ -232,9 +232,7 @@ class Task:
         alone, its producer already in place."""
         self._next_batch = self.store.next_batch
         self._id_batches = list(self.store.id_batches())
-        raw = self.store.get(layout.WATERMARK)
-        if raw is not None:
-            self.input_watermark, self._fire_seq = _WATERMARK_VALUE.unpack(raw)
+        self.input_watermark, self._fire_seq = self._committed_watermark()
         self.ctx.low_watermark = self.input_watermark
         self.timers = TimerTable(self.store)
         self._rebuild_bloom()
@@ -477,11 +475,14 @@ class Task:
         self._send_outputs()
         return fired
 
+    def _committed_watermark(self) -> tuple[int, int]:
+        """(input watermark, timer fire sequence) as last committed."""
+        raw = self.store.get(layout.WATERMARK)
+        return _WATERMARK_VALUE.unpack(raw) if raw is not None else (MIN_WATERMARK, 0)
+
     def _hold_watermark(self, ts: int) -> None:
         """Keep the input watermark at ``ts``, where due timers are still waiting to fire."""
-        raw = self.store.get(layout.WATERMARK)
-        committed = _WATERMARK_VALUE.unpack(raw)[0] if raw is not None else MIN_WATERMARK
-        held = max(ts, committed)
+        held = max(ts, self._committed_watermark()[0])
         if held < self.input_watermark:
             self.input_watermark = held
             self.ctx.low_watermark = held
@@ -655,8 +656,7 @@ class Task:
         to the store's. The input watermark may have been raised from positions that include
         the batch's records; kept, it would make their replay late."""
         self.timers.discard()
-        raw = self.store.get(layout.WATERMARK)
-        self.input_watermark, self._fire_seq = _WATERMARK_VALUE.unpack(raw) if raw is not None else (MIN_WATERMARK, 0)
+        self.input_watermark, self._fire_seq = self._committed_watermark()
         self.ctx.low_watermark = self.input_watermark
         self.upstream.rewound()
         self._watermark_dirty = False
