@@ -602,9 +602,12 @@ class Task:
 
     def _finish(self, p: Producer) -> None:
         """Send the offsets and commit; retry what librdkafka calls retriable (a broker
-        stall, a coordinator move) until the transaction timeout."""
+        stall, a coordinator move) for the transaction timeout or ``startup_timeout_s``,
+        whichever is longer, as Kafka Streams retries for ``task.timeout.ms``: a broker
+        frozen longer than the transaction timeout does not end the worker. If Kafka aborted
+        the transaction meanwhile, the commit fails as abortable and the batch is replayed."""
         timeout = self.cfg.transaction_timeout_ms / 1000
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + max(timeout, self.cfg.startup_timeout_s)
         offsets_sent = not self._txn_next
         while True:
             try:
