@@ -1,8 +1,8 @@
 """The watermark protocol as a state machine: kwheel never makes a record late.
 
 Hypothesis drives the real code (``Task`` on the in-memory transport with Kafka-like
-fencing, ``WatermarkTable``, ``Upstream``, ``ownership``) through an injector, a relay
-computation of two tasks and a downstream reader, in any interleaving: records and
+fencing and two timer firings a transaction, ``WatermarkTable``, ``Upstream``, ``ownership``)
+through an injector, a relay computation and a downstream reader, in any interleaving: records and
 watermarks injected, batches processed, committed or aborted after the watermark was
 raised, tasks crashed and reopened by a new owner, two openings racing for one number,
 zombies that wake and publish, readers that lag on records or on the watermark topic,
@@ -29,6 +29,7 @@ from kwheel import Computation, Pipeline
 from kwheel.config import WorkerConfig
 from kwheel.errors import FencedError
 from kwheel.kafka.writer import ID_HEADER
+from kwheel.runtime import task as task_module
 from kwheel.runtime.task import Task
 from kwheel.testing.memory import MemoryConsumer, MemoryLog, MemoryProducer
 from kwheel.watermarks import MIN_WATERMARK
@@ -114,6 +115,8 @@ class WatermarkProtocol(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.tmp = Path(tempfile.mkdtemp(prefix="kwheel-model-"))
+        self.cap = task_module.MAX_FIRES_PER_TICK
+        task_module.MAX_FIRES_PER_TICK = 2  # timers due at once fire over several ticks: the hold
         self.pipeline = make_pipeline()
         self.log = MemoryLog({t: n for t, (n, _) in self.pipeline.topics().items()})
         self.topic = WatermarkTopic()
@@ -130,6 +133,7 @@ class WatermarkProtocol(RuleBasedStateMachine):
         for proc in [*self.live.values(), *self.zombies]:
             proc.task.store.close()
         shutil.rmtree(self.tmp, ignore_errors=True)
+        task_module.MAX_FIRES_PER_TICK = self.cap
 
     # ---- opening a task as runner._on_assign does ----------------------------------------------
     def _open(self, p: int, racing: bool = False, reverse: bool = False) -> Process | None:
