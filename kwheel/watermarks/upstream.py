@@ -44,7 +44,6 @@ class WatermarkTable:
         self._keeps_history = keeps_history
         self.entries: dict[str, list[Control]] = {}  # producer -> kept controls, oldest first
         self._levels: dict[str, list[list[Control]]] = {}  # producer -> levels, the newest first
-        self.owners: dict[str, tuple[int, str]] = {}  # task -> (incarnation, token) last announced
         self.announcements: dict[str, Control] = {}  # task -> its owner's announcement
         self._newest: dict[str, int] = {}  # task -> the highest incarnation any of its records named
         self._top: dict[str, int] = {}  # producer -> highest watermark it published
@@ -55,10 +54,9 @@ class WatermarkTable:
         if c.kind == TASK:
             if c.incarnation > self._newest.get(pid, 0):
                 self._newest[pid] = c.incarnation
-            owner = self.owners.get(pid)
+            owner = self.owner(pid)
             if c.announce:
                 if owner is None or c.incarnation >= owner[0]:
-                    self.owners[pid] = (c.incarnation, c.owner)
                     self.announcements[pid] = c
                 return False
             if owner is not None and (c.incarnation, c.owner) != owner:
@@ -98,7 +96,8 @@ class WatermarkTable:
 
     def owner(self, producer: str) -> tuple[int, str] | None:
         """(incarnation, token) of the task's last announced owner; None if none announced."""
-        return self.owners.get(producer)
+        a = self.announcements.get(producer)
+        return (a.incarnation, a.owner) if a is not None else None
 
     def incarnation(self, producer: str) -> int:
         """The newest incarnation of a task any record named (0 when none): an opener takes
