@@ -45,8 +45,13 @@ def _name(default: str) -> str:
 def keyed_count(name: str | None = None, input_topic: str | None = None) -> Pipeline:
     """events (source) -> counter -> counts, 4 partitions."""
     p = Pipeline(name or _name("bench-count"))
-    p.stream("events", partitions=PARTITIONS, value="json", source=True,
-             topic=input_topic or os.environ.get("KWHEEL_BENCH_INPUT") or None)
+    p.stream(
+        "events",
+        partitions=PARTITIONS,
+        value="json",
+        source=True,
+        topic=input_topic or os.environ.get("KWHEEL_BENCH_INPUT") or None,
+    )
     p.stream("counts", partitions=PARTITIONS, value="json")
     p.computation("counter", Counter, inputs=["events"], outputs=["counts"])
     return p

@@ -44,7 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--output", required=True)
     ap.add_argument("--group", required=True)
     ap.add_argument("--transactional-id", required=True)
-    ap.add_argument("--expect", type=int, required=True, help="stop after committing this many input offsets")
+    ap.add_argument(
+        "--expect", type=int, required=True, help="stop after committing this many input offsets"
+    )
     ap.add_argument("--timeout", type=float, default=300.0)
     args = ap.parse_args(argv)
 
@@ -52,14 +54,24 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.append(True))
     started = time.monotonic()
     deadline = started + args.timeout
-    consumer = Consumer({
-        "bootstrap.servers": args.bootstrap, "group.id": args.group, "isolation.level": "read_committed",
-        "enable.auto.commit": False, "auto.offset.reset": "earliest", "log_level": 3,
-    })
-    producer = Producer({
-        "bootstrap.servers": args.bootstrap, "transactional.id": args.transactional_id,
-        "enable.idempotence": True, "log_level": 3,
-    })
+    consumer = Consumer(
+        {
+            "bootstrap.servers": args.bootstrap,
+            "group.id": args.group,
+            "isolation.level": "read_committed",
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            "log_level": 3,
+        }
+    )
+    producer = Producer(
+        {
+            "bootstrap.servers": args.bootstrap,
+            "transactional.id": args.transactional_id,
+            "enable.idempotence": True,
+            "log_level": 3,
+        }
+    )
     producer.init_transactions(30)
     consumer.subscribe([args.input])
     producer.begin_transaction()
@@ -73,7 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         while committed < args.expect and not stop:
             if time.monotonic() > deadline:
-                raise TimeoutError(f"plain loop: committed {committed} of {args.expect} in {args.timeout:g}s")
+                raise TimeoutError(
+                    f"plain loop: committed {committed} of {args.expect} in {args.timeout:g}s"
+                )
             msgs = consumer.consume(10000, 0.1)
             for m in msgs:
                 if m.error() is not None:
@@ -115,16 +129,24 @@ def main(argv: list[str] | None = None) -> int:
             pass
         consumer.close()
     result = {
-        "consumed": consumed, "committed": committed, "commits": commits, "keys": len(counts),
+        "consumed": consumed,
+        "committed": committed,
+        "commits": commits,
+        "keys": len(counts),
         "startup_s": None if first_record is None else round(first_record - started, 3),
-        "processing_s": None if first_record is None or last_commit_done is None else round(last_commit_done - first_record, 3),
-        "total_s": round(time.monotonic() - started, 3), "peak_rss_kib": peak_rss_kib(),
+        "processing_s": None
+        if first_record is None or last_commit_done is None
+        else round(last_commit_done - first_record, 3),
+        "total_s": round(time.monotonic() - started, 3),
+        "peak_rss_kib": peak_rss_kib(),
         # kwheel's processing-only definition, with exact times: records committed after the
         # first commit, over the time from the first commit to the last
         "processing_rps": None,
     }
     if first_commit is not None and last_commit_done > first_commit[0]:
-        result["processing_rps"] = round((committed - first_commit[1]) / (last_commit_done - first_commit[0]))
+        result["processing_rps"] = round(
+            (committed - first_commit[1]) / (last_commit_done - first_commit[0])
+        )
         result["processing_window_s"] = round(last_commit_done - first_commit[0], 3)
     print(json.dumps(result), flush=True)
     return 0 if committed >= args.expect else 2

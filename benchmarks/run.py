@@ -36,21 +36,20 @@ import threading
 import time
 import uuid
 from collections import Counter
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
-
-from benchmarks.plain import peak_rss_kib
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import NewTopic
 
-from kwheel.kafka.partitioner import partition_for
+from benchmarks.plain import peak_rss_kib
 from kwheel.config import WorkerConfig
 from kwheel.errors import KwheelError
 from kwheel.ids import new_id
 from kwheel.injector import Injector
 from kwheel.kafka import clients
+from kwheel.kafka.partitioner import partition_for
 from kwheel.kafka.producer import StreamProducer
 from kwheel.kafka.topics import create_topics
 from kwheel.state import layout
@@ -84,16 +83,27 @@ class Processes:
     def __init__(self) -> None:
         self.procs: list[tuple[str, subprocess.Popen]] = []
 
-    def start(self, name: str, args: list[str], log_path: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+    def start(
+        self, name: str, args: list[str], log_path: Path, env: dict[str, str] | None = None
+    ) -> subprocess.Popen:
         with open(log_path, "ab") as out:
             out.write(f"=== {name}: {' '.join(args)}\n".encode())
             out.flush()
-            p = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                 env=env, cwd=ROOT, start_new_session=True)
+            p = subprocess.Popen(
+                args,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                cwd=ROOT,
+                start_new_session=True,
+            )
         self.procs.append((name, p))
         return p
 
-    def stop(self, p: subprocess.Popen, timeout_s: float = 60.0, sig: int = signal.SIGTERM) -> int | None:
+    def stop(
+        self, p: subprocess.Popen, timeout_s: float = 60.0, sig: int = signal.SIGTERM
+    ) -> int | None:
         """Signal, wait up to ``timeout_s``, then SIGKILL the process's group."""
         if p.poll() is None:
             try:
@@ -140,8 +150,14 @@ def child_pids(pid: int) -> list[int]:
     return sorted(set(out))
 
 
-def wait_for(pred, timeout_s: float, what: str, interval_s: float = 0.1, alive: subprocess.Popen | None = None,
-             log_path: Path | None = None):
+def wait_for(
+    pred,
+    timeout_s: float,
+    what: str,
+    interval_s: float = 0.1,
+    alive: subprocess.Popen | None = None,
+    log_path: Path | None = None,
+):
     """Poll ``pred`` until truthy; BenchError on timeout or when ``alive`` exits first."""
     deadline = time.monotonic() + timeout_s
     while True:
@@ -149,7 +165,9 @@ def wait_for(pred, timeout_s: float, what: str, interval_s: float = 0.1, alive: 
         if v:
             return v
         if alive is not None and alive.poll() is not None:
-            raise BenchError(f"process exited with {alive.returncode} while waiting for {what}{_tail(log_path)}")
+            raise BenchError(
+                f"process exited with {alive.returncode} while waiting for {what}{_tail(log_path)}"
+            )
         if time.monotonic() > deadline:
             raise BenchError(f"timed out after {timeout_s:g}s waiting for {what}{_tail(log_path)}")
         time.sleep(interval_s)
@@ -193,7 +211,9 @@ class ZipfKeys:
 
 # ---- the benchmark --------------------------------------------------------------------------
 class Bench:
-    def __init__(self, args: argparse.Namespace, bootstrap: str, broker: str, work: Path, procs: Processes):
+    def __init__(
+        self, args: argparse.Namespace, bootstrap: str, broker: str, work: Path, procs: Processes
+    ):
         self.args = args
         self.bootstrap = bootstrap
         self.broker = broker
@@ -205,17 +225,30 @@ class Bench:
         self.results: dict[str, dict] = {}
         self.input_topic: str | None = None
         self.keys = ZipfKeys(args.keys, args.zipf_s, args.seed)
-        self.worker_settings = {k: v for k, v in os.environ.items() if k.startswith("KWHEEL_") and not k.startswith("KWHEEL_BENCH")}
+        self.worker_settings = {
+            k: v
+            for k, v in os.environ.items()
+            if k.startswith("KWHEEL_") and not k.startswith("KWHEEL_BENCH")
+        }
         if args.batch_size:
             self.worker_settings["KWHEEL_BATCH_SIZE"] = str(args.batch_size)
         if args.commit_interval_ms:
             self.worker_settings["KWHEEL_COMMIT_INTERVAL_MS"] = str(args.commit_interval_ms)
 
     # ---- output ------------------------------------------------------------------------
-    def emit(self, figure: str, values: object, unit: str, records: int | None, **extra: object) -> None:
-        obj = {"figure": figure, **extra, "values": values, "unit": unit, "records": records, "broker": self.broker,
-               "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-               "machine": {"cpus": os.cpu_count(), "load_avg_1m": round(os.getloadavg()[0], 2)}}
+    def emit(
+        self, figure: str, values: object, unit: str, records: int | None, **extra: object
+    ) -> None:
+        obj = {
+            "figure": figure,
+            **extra,
+            "values": values,
+            "unit": unit,
+            "records": records,
+            "broker": self.broker,
+            "time": datetime.now(UTC).isoformat(timespec="seconds"),
+            "machine": {"cpus": os.cpu_count(), "load_avg_1m": round(os.getloadavg()[0], 2)},
+        }
         if self.worker_settings:
             obj["worker_settings"] = self.worker_settings
         print(json.dumps(obj), flush=True)
@@ -241,11 +274,24 @@ class Bench:
 
     def start_worker(self, ref: str, pipeline: str, label: str, processes: int = 1, **bench: str):
         log_path = self.work / f"{label}.log"
-        args = [sys.executable, "-m", "kwheel", "worker", ref, "--bootstrap-servers", self.bootstrap,
-                "--state-dir", str(self.work / f"state-{label}"), "--slot", label]
+        args = [
+            sys.executable,
+            "-m",
+            "kwheel",
+            "worker",
+            ref,
+            "--bootstrap-servers",
+            self.bootstrap,
+            "--state-dir",
+            str(self.work / f"state-{label}"),
+            "--slot",
+            label,
+        ]
         if processes > 1:
             args += ["--processes", str(processes)]
-        return self.procs.start(f"worker {label}", args, log_path, self.worker_env(pipeline, **bench)), log_path
+        return self.procs.start(
+            f"worker {label}", args, log_path, self.worker_env(pipeline, **bench)
+        ), log_path
 
     def worker_rss(self, p: subprocess.Popen, processes: int, label: str) -> dict:
         """Peak RSS of the worker process(es), read just before stopping them."""
@@ -267,7 +313,9 @@ class Bench:
 
     def create_input_topic(self, topic: str) -> None:
         admin = clients.wait_for_broker(self.cfg)
-        fut = admin.create_topics([NewTopic(topic, PARTITIONS, self.args.replication)], operation_timeout=10)[topic]
+        fut = admin.create_topics(
+            [NewTopic(topic, PARTITIONS, self.args.replication)], operation_timeout=10
+        )[topic]
         try:
             fut.result()
         except KafkaException as e:
@@ -283,8 +331,14 @@ class Bench:
         return sum(max(tp.offset, 0) for tp in tps)
 
     def offsets_consumer(self, group: str) -> Consumer:
-        return Consumer({"bootstrap.servers": self.bootstrap, "group.id": group, "enable.auto.commit": False,
-                         "log_level": 0})
+        return Consumer(
+            {
+                "bootstrap.servers": self.bootstrap,
+                "group.id": group,
+                "enable.auto.commit": False,
+                "log_level": 0,
+            }
+        )
 
     # ---- data --------------------------------------------------------------------------
     def preload(self) -> None:
@@ -308,23 +362,43 @@ class Bench:
                 sp.send("events", k, value, ts)
         per_part = self.end_offsets(self.input_topic)
         if sum(per_part) != n:
-            raise BenchError(f"pre-load: topic {self.input_topic} holds {sum(per_part)} records, expected {n}")
+            raise BenchError(
+                f"pre-load: topic {self.input_topic} holds {sum(per_part)} records, expected {n}"
+            )
         c = Counter(keys)
-        self.data_info = {"records": n, "keys_drawn": len(c), "top_key_share": round(c.most_common(1)[0][1] / n, 3),
-                          "records_per_partition": per_part, "value_bytes_avg": round(sizes / min(n, 1000), 1),
-                          "zipf_s": self.args.zipf_s}
-        log(f"pre-loaded {n} records into {self.input_topic} in {time.monotonic() - t0:.1f}s: {self.data_info}")
+        self.data_info = {
+            "records": n,
+            "keys_drawn": len(c),
+            "top_key_share": round(c.most_common(1)[0][1] / n, 3),
+            "records_per_partition": per_part,
+            "value_bytes_avg": round(sizes / min(n, 1000), 1),
+            "zipf_s": self.args.zipf_s,
+        }
+        log(
+            f"pre-loaded {n} records into {self.input_topic} in {time.monotonic() - t0:.1f}s: {self.data_info}"
+        )
 
     def end_offsets(self, topic: str) -> list[int]:
         c = self.offsets_consumer("kwheel-bench-offsets")
         try:
-            return [c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in range(PARTITIONS)]
+            return [
+                c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+                for p in range(PARTITIONS)
+            ]
         finally:
             c.close()
 
     # ---- 1. throughput ---------------------------------------------------------------------
-    def measure_commits(self, group: str, topic: str, n: int, started: float, proc: subprocess.Popen,
-                        log_path: Path, on_first=None) -> dict:
+    def measure_commits(
+        self,
+        group: str,
+        topic: str,
+        n: int,
+        started: float,
+        proc: subprocess.Popen,
+        log_path: Path,
+        on_first=None,
+    ) -> dict:
         """Poll the group's committed offsets until all ``n`` input records are committed.
 
         processing-only: records committed between the first observed commit and the last,
@@ -345,22 +419,34 @@ class Bench:
                 if total >= n:
                     break
                 if proc.poll() is not None:
-                    raise BenchError(f"worker exited with {proc.returncode} after committing {total} of {n}{_tail(log_path)}")
+                    raise BenchError(
+                        f"worker exited with {proc.returncode} after committing {total} of {n}{_tail(log_path)}"
+                    )
                 if now > deadline:
-                    raise BenchError(f"{group}: committed {total} of {n} within {self.args.phase_timeout:g}s{_tail(log_path)}")
+                    raise BenchError(
+                        f"{group}: committed {total} of {n} within {self.args.phase_timeout:g}s{_tail(log_path)}"
+                    )
                 time.sleep(POLL_S)
             t1, t0, c0 = time.monotonic(), first[0], first[1]
             proc_rps = (n - c0) / (t1 - t0) if t1 > t0 and n > c0 else None
             if t1 - t0 < MIN_WINDOW_S:
-                log(f"{group}: processing window only {t1 - t0:.2f}s: processing_rps is rough (use more --records)")
-            return {"processing_rps": None if proc_rps is None else round(proc_rps),
-                    "end_to_end_rps": round(n / (t1 - started)),
-                    "processing_window_s": round(t1 - t0, 2), "processing_window_records": n - c0,
-                    "first_commit_after_s": round(t0 - started, 2), "end_to_end_s": round(t1 - started, 2)}
+                log(
+                    f"{group}: processing window only {t1 - t0:.2f}s: processing_rps is rough (use more --records)"
+                )
+            return {
+                "processing_rps": None if proc_rps is None else round(proc_rps),
+                "end_to_end_rps": round(n / (t1 - started)),
+                "processing_window_s": round(t1 - t0, 2),
+                "processing_window_records": n - c0,
+                "first_commit_after_s": round(t0 - started, 2),
+                "end_to_end_s": round(t1 - started, 2),
+            }
         finally:
             c.close()
 
-    def run_throughput(self, processes: int, label: str | None = None, profile: bool = False) -> dict:
+    def run_throughput(
+        self, processes: int, label: str | None = None, profile: bool = False
+    ) -> dict:
         n = self.args.records
         label = label or f"throughput-{processes}p"
         name = self.name(label)
@@ -368,12 +454,19 @@ class Bench:
         self.setup_topics(p)
         log(f"{label}: keyed count over {n} records, {processes} worker process(es)")
         started = time.monotonic()
-        proc, log_path = self.start_worker("benchmarks.pipelines:keyed_count", name, label, processes,
-                                           KWHEEL_BENCH_INPUT=self.input_topic)
+        proc, log_path = self.start_worker(
+            "benchmarks.pipelines:keyed_count",
+            name,
+            label,
+            processes,
+            KWHEEL_BENCH_INPUT=self.input_topic,
+        )
         spy: dict = {}
         on_first = (lambda: spy.update(self.start_py_spy(proc.pid, label))) if profile else None
         try:
-            r = self.measure_commits(p.group_id("counter"), self.input_topic, n, started, proc, log_path, on_first)
+            r = self.measure_commits(
+                p.group_id("counter"), self.input_topic, n, started, proc, log_path, on_first
+            )
             if profile:
                 spy.update(self.stop_py_spy(spy))
             r["memory"] = self.worker_rss(proc, processes, label)
@@ -386,10 +479,14 @@ class Bench:
         r["duplicates"] = stats.get("duplicates")
         r["commits"] = stats.get("commits")
         if r["processed"] is not None and r["processed"] < n:
-            log(f"{label}: workers report {r['processed']} processed of {n} (a task may have restarted)")
+            log(
+                f"{label}: workers report {r['processed']} processed of {n} (a task may have restarted)"
+            )
         if profile:
             r["profile"] = spy.get("profile")
-        log(f"{label}: {r['processing_rps']} rec/s processing, {r['end_to_end_rps']} rec/s end to end")
+        log(
+            f"{label}: {r['processing_rps']} rec/s processing, {r['end_to_end_rps']} rec/s end to end"
+        )
         return r
 
     # ---- 2. the ceiling --------------------------------------------------------------------
@@ -400,9 +497,25 @@ class Bench:
         self.create_input_topic(out)
         group = f"{self.run_id}.plain"
         log_path = self.work / "plain.log"
-        args = [sys.executable, "-m", "benchmarks.plain", "--bootstrap", self.bootstrap, "--input", self.input_topic,
-                "--output", out, "--group", group, "--transactional-id", f"{self.run_id}.plain",
-                "--expect", str(n), "--timeout", str(self.args.phase_timeout)]
+        args = [
+            sys.executable,
+            "-m",
+            "benchmarks.plain",
+            "--bootstrap",
+            self.bootstrap,
+            "--input",
+            self.input_topic,
+            "--output",
+            out,
+            "--group",
+            group,
+            "--transactional-id",
+            f"{self.run_id}.plain",
+            "--expect",
+            str(n),
+            "--timeout",
+            str(self.args.phase_timeout),
+        ]
         log(f"plain loop over the same {n} records")
         started = time.monotonic()
         env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
@@ -431,9 +544,14 @@ class Bench:
             if own.get("processing_rps"):
                 r["processing_rps"] = own["processing_rps"]
             if own.get("peak_rss_kib"):
-                self.memory[label] = {"peak_rss_mib": round(own["peak_rss_kib"] / 1024, 1), "processes": 1}
+                self.memory[label] = {
+                    "peak_rss_mib": round(own["peak_rss_kib"] / 1024, 1),
+                    "processes": 1,
+                }
                 r["memory"] = self.memory[label]
-        log(f"plain: {r.get('processing_rps')} rec/s processing, {r['end_to_end_rps']} rec/s end to end")
+        log(
+            f"plain: {r.get('processing_rps')} rec/s processing, {r['end_to_end_rps']} rec/s end to end"
+        )
         return r
 
     # ---- 3 + 4. latency and watermark lag ---------------------------------------------------
@@ -447,21 +565,37 @@ class Bench:
         name = self.name(label)
         p = pipelines.chain(name, stages)
         self.setup_topics(p)
-        log(f"{label}: {a.rate} records/s for {a.warmup:g}+{a.duration:g}s through {stages} stage(s)")
-        proc, log_path = self.start_worker("benchmarks.pipelines:chain", name, label, 1,
-                                           KWHEEL_BENCH_STAGES=str(stages))
+        log(
+            f"{label}: {a.rate} records/s for {a.warmup:g}+{a.duration:g}s through {stages} stage(s)"
+        )
+        proc, log_path = self.start_worker(
+            "benchmarks.pipelines:chain", name, label, 1, KWHEEL_BENCH_STAGES=str(stages)
+        )
         stop = threading.Event()
         threads: list[threading.Thread] = []
         try:
             need = PARTITIONS * stages
-            wait_for(lambda: log_path.read_text(errors="replace").count("assigned and ready") >= need,
-                     a.phase_timeout, f"{need} tasks of {label} ready", 0.2, proc, log_path)
+            wait_for(
+                lambda: log_path.read_text(errors="replace").count("assigned and ready") >= need,
+                a.phase_timeout,
+                f"{need} tasks of {label} ready",
+                0.2,
+                proc,
+                log_path,
+            )
             reader = LatencyReader(self.bootstrap, p.streams[f"out{stages}"].topic, stop)
-            sampler = WatermarkSampler(self.cfg, p, [f"stage{i}" for i in range(1, stages + 1)], "injector:bench/0", stop)
-            threads = [threading.Thread(target=reader.run, daemon=True), threading.Thread(target=sampler.run, daemon=True)]
+            sampler = WatermarkSampler(
+                self.cfg, p, [f"stage{i}" for i in range(1, stages + 1)], "injector:bench/0", stop
+            )
+            threads = [
+                threading.Thread(target=reader.run, daemon=True),
+                threading.Thread(target=sampler.run, daemon=True),
+            ]
             for t in threads:
                 t.start()
-            wait_for(lambda: reader.ready and sampler.ready, 30, "latency reader and watermark sampler")
+            wait_for(
+                lambda: reader.ready and sampler.ready, 30, "latency reader and watermark sampler"
+            )
             feeder = PacedInjector(p, self.cfg, self.keys, a.rate, a.warmup, a.duration, stop)
             ft = threading.Thread(target=feeder.run, daemon=True)
             threads.append(ft)
@@ -471,8 +605,14 @@ class Bench:
                 raise BenchError(f"{label}: injector failed: {feeder.error or 'did not finish'}")
             measured = feeder.measured
             t_end = time.monotonic()
-            wait_for(lambda: reader.count_since(feeder.measure_from) >= measured or time.monotonic() - t_end > a.drain_timeout,
-                     a.drain_timeout + 5, "outputs of the measured records")
+            wait_for(
+                lambda: (
+                    reader.count_since(feeder.measure_from) >= measured
+                    or time.monotonic() - t_end > a.drain_timeout
+                ),
+                a.drain_timeout + 5,
+                "outputs of the measured records",
+            )
             mem = self.worker_rss(proc, 1, label)
         finally:
             stop.set()
@@ -482,16 +622,31 @@ class Bench:
         lat = reader.latencies_since(feeder.measure_from)
         if not lat:
             raise BenchError(f"{label}: no output of a measured record was seen")
-        r = {"stages": stages, "rate": a.rate, "duration_s": a.duration, "sent": measured, "seen": len(lat),
-             "p50_by_5s": reader.p50_by_interval(feeder.measure_from, a.rate * 5),
-             "latency_ms": {**percentiles(lat), "mean": round(statistics.fmean(lat), 1), "max": round(max(lat), 1)},
-             "actual_rate": round(feeder.actual_rate), "memory": mem}
+        r = {
+            "stages": stages,
+            "rate": a.rate,
+            "duration_s": a.duration,
+            "sent": measured,
+            "seen": len(lat),
+            "p50_by_5s": reader.p50_by_interval(feeder.measure_from, a.rate * 5),
+            "latency_ms": {
+                **percentiles(lat),
+                "mean": round(statistics.fmean(lat), 1),
+                "max": round(max(lat), 1),
+            },
+            "actual_rate": round(feeder.actual_rate),
+            "memory": mem,
+        }
         stats = worker_stats(text)
         r["commits"] = stats.get("commits")
         wm = sampler.lags(feeder.measure_from_wall, feeder.measure_to_wall)
         r["watermark_lag_ms"] = wm
-        r["watermark_samples"] = sampler.samples_in(feeder.measure_from_wall, feeder.measure_to_wall)
-        log(f"{label}: latency {r['latency_ms']} over {len(lat)} of {measured} records; watermark lag {wm}")
+        r["watermark_samples"] = sampler.samples_in(
+            feeder.measure_from_wall, feeder.measure_to_wall
+        )
+        log(
+            f"{label}: latency {r['latency_ms']} over {len(lat)} of {measured} records; watermark lag {wm}"
+        )
         return r
 
     # ---- 5. restore ------------------------------------------------------------------------
@@ -512,22 +667,44 @@ class Bench:
         started = time.monotonic()
         proc, log_path = self.start_worker("benchmarks.pipelines:keyed_count", name, label)
         try:
-            wait_for(lambda: log_path.read_text(errors="replace").count("assigned and ready") >= PARTITIONS,
-                     self.args.phase_timeout, "restored tasks ready", 0.1, proc, log_path)
+            wait_for(
+                lambda: (
+                    log_path.read_text(errors="replace").count("assigned and ready") >= PARTITIONS
+                ),
+                self.args.phase_timeout,
+                "restored tasks ready",
+                0.1,
+                proc,
+                log_path,
+            )
             ready_s = time.monotonic() - started
             mem = self.worker_rss(proc, 1, label)
         finally:
             text = self.stop_worker(proc, log_path)
-        found = [(int(m.group(1)), float(m.group(2))) for m in re.finditer(r"restored (\d+) changelog records in ([\d.]+)\s*s", text)]
+        found = [
+            (int(m.group(1)), float(m.group(2)))
+            for m in re.finditer(r"restored (\d+) changelog records in ([\d.]+)\s*s", text)
+        ]
         n, secs = sum(x for x, _ in found), sum(s for _, s in found)
         if n < written:
-            raise BenchError(f"restore: the worker logged {n} restored records of {written}{_tail(log_path)}")
-        r = {"keys": k, "changelog_records": n, "restore_s": round(secs, 2),
-             "records_per_s": round(n / secs) if secs > 0 else None,
-             "keys_per_s": round(k / secs) if secs > 0 else None,
-             "tasks": len(found), "per_task_s": [s for _, s in found],
-             "worker_start_to_ready_s": round(ready_s, 2), "changelog_build_s": round(build_s, 1), "memory": mem}
-        log(f"restore: {n} records in {secs:.2f}s ({r['records_per_s']} rec/s); ready after {ready_s:.1f}s")
+            raise BenchError(
+                f"restore: the worker logged {n} restored records of {written}{_tail(log_path)}"
+            )
+        r = {
+            "keys": k,
+            "changelog_records": n,
+            "restore_s": round(secs, 2),
+            "records_per_s": round(n / secs) if secs > 0 else None,
+            "keys_per_s": round(k / secs) if secs > 0 else None,
+            "tasks": len(found),
+            "per_task_s": [s for _, s in found],
+            "worker_start_to_ready_s": round(ready_s, 2),
+            "changelog_build_s": round(build_s, 1),
+            "memory": mem,
+        }
+        log(
+            f"restore: {n} records in {secs:.2f}s ({r['records_per_s']} rec/s); ready after {ready_s:.1f}s"
+        )
         return r
 
     def write_changelog(self, pipeline, topic: str, keys: int) -> int:
@@ -536,9 +713,16 @@ class Bench:
         record of the batch's input ids. Committed in transactions (restore reads
         read_committed). Keys go to the partition their records would hash to."""
         conf = clients.base_config(self.cfg)
-        conf.update({"transactional.id": f"{pipeline.name}.bench-writer", "enable.idempotence": True,
-                     "linger.ms": 20, "batch.num.messages": 10000, "queue.buffering.max.messages": 1_000_000,
-                     "queue.buffering.max.kbytes": 1_048_576})
+        conf.update(
+            {
+                "transactional.id": f"{pipeline.name}.bench-writer",
+                "enable.idempotence": True,
+                "linger.ms": 20,
+                "batch.num.messages": 10000,
+                "queue.buffering.max.messages": 1_000_000,
+                "queue.buffering.max.kbytes": 1_048_576,
+            }
+        )
         prod = Producer(conf)
         prod.init_transactions(30)
         state = layout.encode_state({"count": 1})
@@ -552,10 +736,16 @@ class Bench:
         prod.begin_transaction()
         for part, skeys in enumerate(per_part):
             for b, start in enumerate(range(0, len(skeys), batch)):
-                chunk = skeys[start:start + batch]
+                chunk = skeys[start : start + batch]
                 for sk in chunk:
                     _produce(prod, topic, sk, state, part)
-                _produce(prod, topic, layout.id_batch_key(b), layout.encode_id_batch({new_id(): ts for _ in chunk}), part)
+                _produce(
+                    prod,
+                    topic,
+                    layout.id_batch_key(b),
+                    layout.encode_id_batch({new_id(): ts for _ in chunk}),
+                    part,
+                )
                 written += len(chunk) + 1
                 in_txn += len(chunk) + 1
                 if in_txn >= 100_000:
@@ -574,10 +764,24 @@ class Bench:
         if not exe.exists():
             exe = Path(shutil.which("py-spy") or "py-spy")
         out = self.work / f"{label}.pyspy.txt"
-        args = [str(exe), "record", "-p", str(pid), "-f", "raw", "-o", str(out), "-r", str(self.args.profile_rate),
-                "--nonblocking"]
+        args = [
+            str(exe),
+            "record",
+            "-p",
+            str(pid),
+            "-f",
+            "raw",
+            "-o",
+            str(out),
+            "-r",
+            str(self.args.profile_rate),
+            "--nonblocking",
+        ]
         log(f"py-spy attached to worker pid {pid}")
-        return {"proc": self.procs.start("py-spy", args, self.work / f"{label}.pyspy.log"), "out": out}
+        return {
+            "proc": self.procs.start("py-spy", args, self.work / f"{label}.pyspy.log"),
+            "out": out,
+        }
 
     def stop_py_spy(self, spy: dict) -> dict:
         p = spy["proc"]
@@ -585,7 +789,11 @@ class Bench:
         spy["proc"] = None
         out = spy["out"]
         if not out.exists() or out.stat().st_size == 0:
-            return {"profile": {"error": f"py-spy took no samples (a short run can end before it starts sampling: use more --records){_tail(self.work / (out.name[:-10] + '.pyspy.log'))}"}}
+            return {
+                "profile": {
+                    "error": f"py-spy took no samples (a short run can end before it starts sampling: use more --records){_tail(self.work / (out.name[:-10] + '.pyspy.log'))}"
+                }
+            }
         return {"profile": summarise_profile(out, self.args.profile_top)}
 
 
@@ -595,8 +803,16 @@ class PacedInjector:
     Injector, which also publishes the stream's low watermark every 200 ms. Each value
     carries its send wall time."""
 
-    def __init__(self, pipeline, cfg: WorkerConfig, keys: ZipfKeys, rate: int, warmup: float, duration: float,
-                 stop: threading.Event):
+    def __init__(
+        self,
+        pipeline,
+        cfg: WorkerConfig,
+        keys: ZipfKeys,
+        rate: int,
+        warmup: float,
+        duration: float,
+        stop: threading.Event,
+    ):
         self.pipeline, self.cfg, self.keys, self.rate = pipeline, cfg, keys, rate
         self.warmup, self.duration, self.stop = warmup, duration, stop
         self.error: str | None = None
@@ -616,7 +832,9 @@ class PacedInjector:
         total = warm + int(self.rate * self.duration)
         self.measure_from = warm
         keys = self.keys.draw(total)
-        inj = Injector(self.pipeline, "bench", ["events"], self.cfg, instance="0", publish_interval_ms=200)
+        inj = Injector(
+            self.pipeline, "bench", ["events"], self.cfg, instance="0", publish_interval_ms=200
+        )
         try:
             t0 = time.monotonic()
             last_ts = 0
@@ -647,9 +865,17 @@ class LatencyReader:
 
     def __init__(self, bootstrap: str, topic: str, stop: threading.Event):
         self.topic, self.stop = topic, stop
-        self.c = Consumer({"bootstrap.servers": bootstrap, "group.id": "kwheel-bench-latency",
-                           "isolation.level": "read_committed", "enable.auto.commit": False,
-                           "auto.offset.reset": "earliest", "fetch.wait.max.ms": 5, "log_level": 3})
+        self.c = Consumer(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": "kwheel-bench-latency",
+                "isolation.level": "read_committed",
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest",
+                "fetch.wait.max.ms": 5,
+                "log_level": 3,
+            }
+        )
         self.c.assign([TopicPartition(topic, p, 0) for p in range(PARTITIONS)])
         self.seen: dict[int, float] = {}  # seq -> latency ms (first sighting)
         self.ready = False
@@ -674,7 +900,7 @@ class LatencyReader:
         """Median latency of each ``per`` consecutive measured records: a rising series
         means the pipeline did not keep up with the rate (a growing backlog)."""
         items = sorted((s, lat) for s, lat in list(self.seen.items()) if s >= seq)
-        chunks = [items[i:i + per] for i in range(0, len(items), max(1, per))]
+        chunks = [items[i : i + per] for i in range(0, len(items), max(1, per))]
         return [round(statistics.median(lat for _, lat in c), 1) for c in chunks if c]
 
     def latencies_since(self, seq: int) -> list[float]:
@@ -685,7 +911,9 @@ class WatermarkSampler:
     """Follows the watermark topic; every 100 ms records, per stage, wall clock minus the
     stage's low watermark (the min over its tasks' latest published watermarks)."""
 
-    def __init__(self, cfg: WorkerConfig, pipeline, stages: list[str], injector: str, stop: threading.Event):
+    def __init__(
+        self, cfg: WorkerConfig, pipeline, stages: list[str], injector: str, stop: threading.Event
+    ):
         self.table = WatermarkTable()
         self.reader = WatermarkReader(cfg, pipeline.watermark_topic(), self.table)
         self.stages, self.injector, self.stop = stages, injector, stop
@@ -712,7 +940,11 @@ class WatermarkSampler:
             self.reader.close()
 
     def _watermark(self, stage: str) -> int | None:
-        pids = [self.injector] if stage == "injector" else [task_producer_id(stage, p) for p in range(PARTITIONS)]
+        pids = (
+            [self.injector]
+            if stage == "injector"
+            else [task_producer_id(stage, p) for p in range(PARTITIONS)]
+        )
         ws = []
         for pid in pids:
             c = self.table.latest(pid)
@@ -732,8 +964,13 @@ class WatermarkSampler:
             if not xs:
                 out[name] = None
                 continue
-            out[name] = {"p50": percentiles(xs, (50,))["p50"], "p95": percentiles(xs, (95,))["p95"],
-                         "max": round(max(xs), 1), "samples": len(xs), "missing": len(window) - len(xs)}
+            out[name] = {
+                "p50": percentiles(xs, (50,))["p50"],
+                "p95": percentiles(xs, (95,))["p95"],
+                "max": round(max(xs), 1),
+                "samples": len(xs),
+                "missing": len(window) - len(xs),
+            }
         return out
 
 
@@ -790,13 +1027,20 @@ def summarise_profile(path: Path, top: int) -> dict:
             incl[f] += n
 
     def rows(c: Counter) -> list[dict]:
-        return [{"function": f, "samples": s, "percent": round(100 * s / total, 1)} for f, s in c.most_common(top)]
+        return [
+            {"function": f, "samples": s, "percent": round(100 * s / total, 1)}
+            for f, s in c.most_common(top)
+        ]
 
     # the trunk every sample passes through (runpy, the CLI, Worker.run) says nothing
     for f in [f for f, s in incl.items() if s >= 0.99 * total]:
         del incl[f]
-    return {"samples": total, "top_self": rows(selfc), "top_inclusive": rows(incl),
-            "note": "self time of a Python function includes the C calls it makes (librdkafka, orjson, RocksDB, pickle)"}
+    return {
+        "samples": total,
+        "top_self": rows(selfc),
+        "top_inclusive": rows(incl),
+        "note": "self time of a Python function includes the C calls it makes (librdkafka, orjson, RocksDB, pickle)",
+    }
 
 
 def _frame_name(frame: str) -> str | None:
@@ -821,30 +1065,91 @@ def _frame_name(frame: str) -> str | None:
 
 # ---- main ------------------------------------------------------------------------------------
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m benchmarks.run", description="kwheel benchmarks: one JSON line per figure.")
-    ap.add_argument("--bootstrap", help="use this Kafka (host:port) instead of starting the embedded broker")
-    ap.add_argument("--records", type=int, default=200_000, help="records pre-loaded for throughput and ceiling (200000)")
-    ap.add_argument("--keys", type=int, default=10_000, help="distinct keys of the pre-loaded data (10000)")
-    ap.add_argument("--zipf-s", type=float, default=1.0, help="Zipf exponent of the key distribution (1.0)")
+    ap = argparse.ArgumentParser(
+        prog="python -m benchmarks.run", description="kwheel benchmarks: one JSON line per figure."
+    )
+    ap.add_argument(
+        "--bootstrap", help="use this Kafka (host:port) instead of starting the embedded broker"
+    )
+    ap.add_argument(
+        "--records",
+        type=int,
+        default=200_000,
+        help="records pre-loaded for throughput and ceiling (200000)",
+    )
+    ap.add_argument(
+        "--keys", type=int, default=10_000, help="distinct keys of the pre-loaded data (10000)"
+    )
+    ap.add_argument(
+        "--zipf-s", type=float, default=1.0, help="Zipf exponent of the key distribution (1.0)"
+    )
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--only", nargs="+", choices=FIGURES, metavar="FIGURE", help=f"run only these: {', '.join(FIGURES)}")
-    ap.add_argument("--rate", type=int, default=2000, help="records/s of the latency and watermark runs (2000)")
-    ap.add_argument("--duration", type=float, default=20.0, help="measured seconds of the paced runs (20)")
-    ap.add_argument("--warmup", type=float, default=2.0, help="seconds sent before measuring in the paced runs (2)")
-    ap.add_argument("--restore-keys", type=int, default=1_000_000, help="keys in the restored changelog (1000000)")
-    ap.add_argument("--profile", action="store_true", help="an extra one-process throughput run under py-spy: top functions")
+    ap.add_argument(
+        "--only",
+        nargs="+",
+        choices=FIGURES,
+        metavar="FIGURE",
+        help=f"run only these: {', '.join(FIGURES)}",
+    )
+    ap.add_argument(
+        "--rate", type=int, default=2000, help="records/s of the latency and watermark runs (2000)"
+    )
+    ap.add_argument(
+        "--duration", type=float, default=20.0, help="measured seconds of the paced runs (20)"
+    )
+    ap.add_argument(
+        "--warmup",
+        type=float,
+        default=2.0,
+        help="seconds sent before measuring in the paced runs (2)",
+    )
+    ap.add_argument(
+        "--restore-keys",
+        type=int,
+        default=1_000_000,
+        help="keys in the restored changelog (1000000)",
+    )
+    ap.add_argument(
+        "--profile",
+        action="store_true",
+        help="an extra one-process throughput run under py-spy: top functions",
+    )
     ap.add_argument("--profile-rate", type=int, default=100, help="py-spy samples/s (100)")
     ap.add_argument("--profile-top", type=int, default=20)
-    ap.add_argument("--batch-size", type=int, help="worker --batch-size (default: the worker's, or KWHEEL_BATCH_SIZE)")
-    ap.add_argument("--commit-interval-ms", type=int, help="worker commit interval (default: the worker's)")
-    ap.add_argument("--replication", type=int, default=1, help="replication factor of created topics (1)")
-    ap.add_argument("--phase-timeout", type=float, default=600.0, help="bound on each run's wait (s)")
-    ap.add_argument("--drain-timeout", type=float, default=30.0, help="wait for the last outputs of a paced run (s)")
-    ap.add_argument("--stop-timeout", type=float, default=60.0, help="wait for a worker to stop after SIGTERM (s)")
-    ap.add_argument("--keep", action="store_true", help="keep the work directory (logs, stores, profiles)")
+    ap.add_argument(
+        "--batch-size",
+        type=int,
+        help="worker --batch-size (default: the worker's, or KWHEEL_BATCH_SIZE)",
+    )
+    ap.add_argument(
+        "--commit-interval-ms", type=int, help="worker commit interval (default: the worker's)"
+    )
+    ap.add_argument(
+        "--replication", type=int, default=1, help="replication factor of created topics (1)"
+    )
+    ap.add_argument(
+        "--phase-timeout", type=float, default=600.0, help="bound on each run's wait (s)"
+    )
+    ap.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=30.0,
+        help="wait for the last outputs of a paced run (s)",
+    )
+    ap.add_argument(
+        "--stop-timeout",
+        type=float,
+        default=60.0,
+        help="wait for a worker to stop after SIGTERM (s)",
+    )
+    ap.add_argument(
+        "--keep", action="store_true", help="keep the work directory (logs, stores, profiles)"
+    )
     args = ap.parse_args(argv)
     if args.only == ["memory"]:
-        ap.error("memory is measured in the other figures' runs: select them too (e.g. --only throughput memory)")
+        ap.error(
+            "memory is measured in the other figures' runs: select them too (e.g. --only throughput memory)"
+        )
     return args
 
 
@@ -880,8 +1185,10 @@ def main(argv: list[str] | None = None) -> None:
     except (BenchError, KwheelError, KafkaException, TimeoutError) as e:
         log(f"FAILED: {e}")
         if broker is not None and broker.proc is not None and broker.proc.poll() is not None:
-            log(f"the embedded broker (pid {broker.proc.pid}) exited with {broker.proc.returncode} during the run: "
-                f"stopped from outside? (log: {broker.log_path})")
+            log(
+                f"the embedded broker (pid {broker.proc.pid}) exited with {broker.proc.returncode} during the run: "
+                f"stopped from outside? (log: {broker.log_path})"
+            )
     except KeyboardInterrupt as e:
         log(f"interrupted ({e})")
     finally:
@@ -921,24 +1228,44 @@ def run_all(b: Bench, want: set[str]) -> bool:
         b.preload()  # without the data nothing else of these can run: a failure ends the run
     one = None
     if want & {"throughput", "ceiling"}:
-        one = attempt([f for f in ("throughput",) if f in want] or ["ceiling"], "records/s", lambda: b.run_throughput(1))
+        one = attempt(
+            [f for f in ("throughput",) if f in want] or ["ceiling"],
+            "records/s",
+            lambda: b.run_throughput(1),
+        )
         if one and "throughput" in want:
-            b.emit("throughput", _rates(one), "records/s", n, mode="exactly-once", processes=1, data=b.data_info,
-                   detail=one)
+            b.emit(
+                "throughput",
+                _rates(one),
+                "records/s",
+                n,
+                mode="exactly-once",
+                processes=1,
+                data=b.data_info,
+                detail=one,
+            )
     if "throughput" in want:
         two = attempt(["throughput"], "records/s", lambda: b.run_throughput(2))
         if two:
             vals = _rates(two)
             if one and one["processing_rps"] and two["processing_rps"]:
-                vals["processing_speedup_vs_1"] = round(two["processing_rps"] / one["processing_rps"], 2)
+                vals["processing_speedup_vs_1"] = round(
+                    two["processing_rps"] / one["processing_rps"], 2
+                )
             if one:
-                vals["end_to_end_speedup_vs_1"] = round(two["end_to_end_rps"] / one["end_to_end_rps"], 2)
+                vals["end_to_end_speedup_vs_1"] = round(
+                    two["end_to_end_rps"] / one["end_to_end_rps"], 2
+                )
             b.emit("throughput", vals, "records/s", n, mode="exactly-once", processes=2, detail=two)
     if "ceiling" in want:
         plain = attempt(["ceiling"], "records/s", b.run_plain)
         if plain:
-            vals = {"plain_processing_rps": plain.get("processing_rps"), "plain_end_to_end_rps": plain["end_to_end_rps"],
-                    "kwheel_processing_rps": one and one["processing_rps"], "kwheel_end_to_end_rps": one and one["end_to_end_rps"]}
+            vals = {
+                "plain_processing_rps": plain.get("processing_rps"),
+                "plain_end_to_end_rps": plain["end_to_end_rps"],
+                "kwheel_processing_rps": one and one["processing_rps"],
+                "kwheel_end_to_end_rps": one and one["end_to_end_rps"],
+            }
             if one and plain.get("processing_rps") and one["processing_rps"]:
                 vals["ratio_processing"] = round(one["processing_rps"] / plain["processing_rps"], 3)
             if one:
@@ -949,30 +1276,70 @@ def run_all(b: Bench, want: set[str]) -> bool:
         r1 = attempt(["latency"], "ms", lambda: b.run_paced(1))
         if r1:
             paced[1] = r1
-            b.emit("latency", r1["latency_ms"], "ms", r1["sent"], stages=1, mode="exactly-once",
-                   detail=_without(r1, "latency_ms", "watermark_lag_ms"))
+            b.emit(
+                "latency",
+                r1["latency_ms"],
+                "ms",
+                r1["sent"],
+                stages=1,
+                mode="exactly-once",
+                detail=_without(r1, "latency_ms", "watermark_lag_ms"),
+            )
     if want & {"latency", "watermark"}:
-        r3 = attempt([f for f in ("latency", "watermark") if f in want], "ms", lambda: b.run_paced(3))
+        r3 = attempt(
+            [f for f in ("latency", "watermark") if f in want], "ms", lambda: b.run_paced(3)
+        )
         if r3:
             paced[3] = r3
             if "latency" in want:
-                b.emit("latency", r3["latency_ms"], "ms", r3["sent"], stages=3, mode="exactly-once",
-                       detail=_without(r3, "latency_ms", "watermark_lag_ms"))
+                b.emit(
+                    "latency",
+                    r3["latency_ms"],
+                    "ms",
+                    r3["sent"],
+                    stages=3,
+                    mode="exactly-once",
+                    detail=_without(r3, "latency_ms", "watermark_lag_ms"),
+                )
             if "watermark" in want:
                 lags = r3["watermark_lag_ms"]
                 extra = {"one_stage_run": paced[1]["watermark_lag_ms"]} if 1 in paced else {}
-                b.emit("watermark", lags, "ms", r3["sent"], stages=3, rate=r3["rate"],
-                       added_per_stage_p50=_added(lags), samples=r3["watermark_samples"], **extra)
+                b.emit(
+                    "watermark",
+                    lags,
+                    "ms",
+                    r3["sent"],
+                    stages=3,
+                    rate=r3["rate"],
+                    added_per_stage_p50=_added(lags),
+                    samples=r3["watermark_samples"],
+                    **extra,
+                )
     if "restore" in want:
         r = attempt(["restore"], "records/s, s", b.run_restore)
         if r:
-            b.emit("restore", {"records_per_s": r["records_per_s"], "seconds": r["restore_s"]}, "records/s, s",
-                   r["changelog_records"], keys=r["keys"], detail=r)
+            b.emit(
+                "restore",
+                {"records_per_s": r["records_per_s"], "seconds": r["restore_s"]},
+                "records/s, s",
+                r["changelog_records"],
+                keys=r["keys"],
+                detail=r,
+            )
     if "profile" in want:
-        pr = attempt(["profile"], "samples", lambda: b.run_throughput(1, label="profile-1p", profile=True))
+        pr = attempt(
+            ["profile"], "samples", lambda: b.run_throughput(1, label="profile-1p", profile=True)
+        )
         if pr:
-            b.emit("profile", pr.get("profile"), "samples", n, note="one-process throughput run under py-spy "
-                   "(its rates are not the throughput figure)", rates=_rates(pr))
+            b.emit(
+                "profile",
+                pr.get("profile"),
+                "samples",
+                n,
+                note="one-process throughput run under py-spy "
+                "(its rates are not the throughput figure)",
+                rates=_rates(pr),
+            )
     if "memory" in want and b.memory:
         b.emit("memory", b.memory, "MiB (peak RSS, VmHWM)", None)
     if failed:

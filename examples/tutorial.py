@@ -43,13 +43,19 @@ class PerMinute(WindowedAggregation):
         return [acc[0] + 1, acc[1] + (1 if record.value["first"] else 0)]
 
     def emit(self, ctx, window, acc):
-        ctx.produce("page_minutes", ctx.key,
-                    {"page": ctx.key, "minute": window.start, "views": acc[0], "new_visitors": acc[1]})
+        ctx.produce(
+            "page_minutes",
+            ctx.key,
+            {"page": ctx.key, "minute": window.start, "views": acc[0], "new_visitors": acc[1]},
+        )
 
 
 def read_views():
-    return JsonLines(os.environ.get("TUTORIAL_VIEWS", "views.jsonl"),
-                     key=lambda v: v["user"], timestamp=lambda v: v["ts"])
+    return JsonLines(
+        os.environ.get("TUTORIAL_VIEWS", "views.jsonl"),
+        key=lambda v: v["user"],
+        timestamp=lambda v: v["ts"],
+    )
 
 
 pipeline = Pipeline("tutorial")
@@ -58,5 +64,7 @@ pipeline.stream("visits", partitions=4)
 pipeline.stream("page_minutes", partitions=1)
 pipeline.stream("rejected", partitions=1, value="bytes")
 pipeline.injector("views", read_views, outputs=["views"], disorder_ms=5_000)
-pipeline.computation("per_user", PerUser, inputs=["views"], outputs=["visits"], dead_letter="rejected")
+pipeline.computation(
+    "per_user", PerUser, inputs=["views"], outputs=["visits"], dead_letter="rejected"
+)
 pipeline.computation("per_minute", PerMinute, inputs=["visits"], outputs=["page_minutes"])

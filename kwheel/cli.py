@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -12,17 +11,34 @@ from .config import WorkerConfig
 from .errors import KwheelError
 from .loader import load_pipeline
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="kwheel: MillWheel-style stream processing on Kafka.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="kwheel: MillWheel-style stream processing on Kafka.",
+)
 topics_app = typer.Typer(no_args_is_help=True, help="Create or check the topics a pipeline needs.")
 app.add_typer(topics_app, name="topics")
 config_app = typer.Typer(no_args_is_help=True, help="Show the effective configuration.")
 app.add_typer(config_app, name="config")
 
 PIPELINE_HELP = "The pipeline as module:attribute, e.g. examples.keyed_count:pipeline"
-Bootstrap = typer.Option(None, "--bootstrap-servers", "-b", help="Kafka host:port[,host:port] (env KWHEEL_BOOTSTRAP_SERVERS)")
-ConfigFile = typer.Option(None, "--config", help="TOML config file (env KWHEEL_CONFIG); flags and KWHEEL_* variables override it")
-LogLevel = typer.Option(None, "--log-level", help="DEBUG, INFO, WARNING or ERROR (env KWHEEL_LOG_LEVEL)")
-LogFormat = typer.Option(None, "--log-format", help="text or json: one JSON object per log line (env KWHEEL_LOG_FORMAT)")
+Bootstrap = typer.Option(
+    None,
+    "--bootstrap-servers",
+    "-b",
+    help="Kafka host:port[,host:port] (env KWHEEL_BOOTSTRAP_SERVERS)",
+)
+ConfigFile = typer.Option(
+    None,
+    "--config",
+    help="TOML config file (env KWHEEL_CONFIG); flags and KWHEEL_* variables override it",
+)
+LogLevel = typer.Option(
+    None, "--log-level", help="DEBUG, INFO, WARNING or ERROR (env KWHEEL_LOG_LEVEL)"
+)
+LogFormat = typer.Option(
+    None, "--log-format", help="text or json: one JSON object per log line (env KWHEEL_LOG_FORMAT)"
+)
 
 
 def _setup_logging(cfg: WorkerConfig) -> None:
@@ -34,18 +50,42 @@ def _setup_logging(cfg: WorkerConfig) -> None:
 @app.command()
 def worker(
     pipeline: str = typer.Argument(..., help=PIPELINE_HELP),
-    computation: Optional[list[str]] = typer.Option(None, "--computation", "-c", help="Run only these computations (repeatable); default all"),
-    processes: int = typer.Option(1, "--processes", "-p", min=1, help="Worker processes to start on this machine"),
-    bootstrap_servers: Optional[str] = Bootstrap,
-    state_dir: Optional[Path] = typer.Option(None, "--state-dir", help="Where RocksDB stores live (env KWHEEL_STATE_DIR)"),
-    slot: Optional[str] = typer.Option(None, "--slot", help="Stable worker slot id: static group membership for fast restarts (env KWHEEL_SLOT)"),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Max input records per task transaction (env KWHEEL_BATCH_SIZE)"),
-    commit_interval_ms: Optional[int] = typer.Option(None, "--commit-interval-ms", help="Commit at least this often (env KWHEEL_COMMIT_INTERVAL_MS)"),
-    offset_reset: Optional[str] = typer.Option(None, "--offset-reset", help="earliest, latest or fail: where to resume when input records were deleted before being processed (env KWHEEL_OFFSET_RESET)"),
-    metrics_port: Optional[int] = typer.Option(None, "--metrics-port", help="Serve Prometheus metrics on this port; with --processes, process i uses port+i (0: any free port) (env KWHEEL_METRICS_PORT)"),
-    config: Optional[Path] = ConfigFile,
-    log_level: Optional[str] = LogLevel,
-    log_format: Optional[str] = LogFormat,
+    computation: list[str] | None = typer.Option(
+        None, "--computation", "-c", help="Run only these computations (repeatable); default all"
+    ),
+    processes: int = typer.Option(
+        1, "--processes", "-p", min=1, help="Worker processes to start on this machine"
+    ),
+    bootstrap_servers: str | None = Bootstrap,
+    state_dir: Path | None = typer.Option(
+        None, "--state-dir", help="Where RocksDB stores live (env KWHEEL_STATE_DIR)"
+    ),
+    slot: str | None = typer.Option(
+        None,
+        "--slot",
+        help="Stable worker slot id: static group membership for fast restarts (env KWHEEL_SLOT)",
+    ),
+    batch_size: int | None = typer.Option(
+        None, "--batch-size", help="Max input records per task transaction (env KWHEEL_BATCH_SIZE)"
+    ),
+    commit_interval_ms: int | None = typer.Option(
+        None,
+        "--commit-interval-ms",
+        help="Commit at least this often (env KWHEEL_COMMIT_INTERVAL_MS)",
+    ),
+    offset_reset: str | None = typer.Option(
+        None,
+        "--offset-reset",
+        help="earliest, latest or fail: where to resume when input records were deleted before being processed (env KWHEEL_OFFSET_RESET)",
+    ),
+    metrics_port: int | None = typer.Option(
+        None,
+        "--metrics-port",
+        help="Serve Prometheus metrics on this port; with --processes, process i uses port+i (0: any free port) (env KWHEEL_METRICS_PORT)",
+    ),
+    config: Path | None = ConfigFile,
+    log_level: str | None = LogLevel,
+    log_format: str | None = LogFormat,
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Same as --log-level DEBUG"),
 ) -> None:
     """Join the consumer groups of the pipeline's computations and process until SIGTERM."""
@@ -55,18 +95,39 @@ def worker(
     # simply ends the process: nothing has been processed yet.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     cfg = WorkerConfig.from_env(
-        config_file=config, bootstrap_servers=bootstrap_servers, state_dir=state_dir, slot=slot,
-        batch_size=batch_size, commit_interval_ms=commit_interval_ms, offset_reset=offset_reset,
-        log_level="DEBUG" if verbose else log_level, log_format=log_format, metrics_port=metrics_port,
+        config_file=config,
+        bootstrap_servers=bootstrap_servers,
+        state_dir=state_dir,
+        slot=slot,
+        batch_size=batch_size,
+        commit_interval_ms=commit_interval_ms,
+        offset_reset=offset_reset,
+        log_level="DEBUG" if verbose else log_level,
+        log_format=log_format,
+        metrics_port=metrics_port,
     )
     _setup_logging(cfg)
     p = load_pipeline(pipeline)
     if processes > 1:
         from .runtime.supervisor import run_processes
 
-        child = [pipeline, "--bootstrap-servers", cfg.bootstrap_servers, "--state-dir", str(cfg.state_dir),
-                 "--batch-size", str(cfg.batch_size), "--commit-interval-ms", str(cfg.commit_interval_ms),
-                 "--offset-reset", cfg.offset_reset, "--log-level", cfg.log_level, "--log-format", cfg.log_format]
+        child = [
+            pipeline,
+            "--bootstrap-servers",
+            cfg.bootstrap_servers,
+            "--state-dir",
+            str(cfg.state_dir),
+            "--batch-size",
+            str(cfg.batch_size),
+            "--commit-interval-ms",
+            str(cfg.commit_interval_ms),
+            "--offset-reset",
+            cfg.offset_reset,
+            "--log-level",
+            cfg.log_level,
+            "--log-format",
+            cfg.log_format,
+        ]
         child += ["--config", str(config)] if config else []
         for c in computation or []:
             child += ["--computation", c]
@@ -79,28 +140,56 @@ def worker(
 @app.command()
 def inject(
     pipeline: str = typer.Argument(..., help=PIPELINE_HELP),
-    name: str = typer.Argument(..., help="The injector, as declared with pipeline.injector(NAME, ...)"),
-    bootstrap_servers: Optional[str] = Bootstrap,
-    instance: int = typer.Option(0, "--instance", min=0, help="This process's share of the work: 0..instances-1"),
-    instances: int = typer.Option(1, "--instances", min=1, help="How many processes share the injector"),
-    processes: int = typer.Option(1, "--processes", "-p", min=1, help="Start this many injector processes here"),
-    slot: Optional[str] = typer.Option(None, "--slot", help="Stable id prefix (static group membership for topic sources)"),
-    final: bool = typer.Option(True, "--final/--no-final", help="When the source ends, declare the stream finished (watermark to the end)"),
-    config: Optional[Path] = ConfigFile,
-    log_level: Optional[str] = LogLevel,
-    log_format: Optional[str] = LogFormat,
+    name: str = typer.Argument(
+        ..., help="The injector, as declared with pipeline.injector(NAME, ...)"
+    ),
+    bootstrap_servers: str | None = Bootstrap,
+    instance: int = typer.Option(
+        0, "--instance", min=0, help="This process's share of the work: 0..instances-1"
+    ),
+    instances: int = typer.Option(
+        1, "--instances", min=1, help="How many processes share the injector"
+    ),
+    processes: int = typer.Option(
+        1, "--processes", "-p", min=1, help="Start this many injector processes here"
+    ),
+    slot: str | None = typer.Option(
+        None, "--slot", help="Stable id prefix (static group membership for topic sources)"
+    ),
+    final: bool = typer.Option(
+        True,
+        "--final/--no-final",
+        help="When the source ends, declare the stream finished (watermark to the end)",
+    ),
+    config: Path | None = ConfigFile,
+    log_level: str | None = LogLevel,
+    log_format: str | None = LogFormat,
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Same as --log-level DEBUG"),
 ) -> None:
     """Run a declared injector: send its records and publish its low watermark."""
-    cfg = WorkerConfig.from_env(config_file=config, bootstrap_servers=bootstrap_servers, slot=slot,
-                                log_level="DEBUG" if verbose else log_level, log_format=log_format)
+    cfg = WorkerConfig.from_env(
+        config_file=config,
+        bootstrap_servers=bootstrap_servers,
+        slot=slot,
+        log_level="DEBUG" if verbose else log_level,
+        log_format=log_format,
+    )
     _setup_logging(cfg)
     p = load_pipeline(pipeline)
     if processes > 1:
         from .runtime.supervisor import run_processes
 
-        child = [pipeline, name, "--bootstrap-servers", cfg.bootstrap_servers, "--final" if final else "--no-final",
-                 "--log-level", cfg.log_level, "--log-format", cfg.log_format]
+        child = [
+            pipeline,
+            name,
+            "--bootstrap-servers",
+            cfg.bootstrap_servers,
+            "--final" if final else "--no-final",
+            "--log-level",
+            cfg.log_level,
+            "--log-format",
+            cfg.log_format,
+        ]
         child += ["--config", str(config)] if config else []
         raise typer.Exit(run_processes(processes, child, cfg.slot, command="inject"))
     from .kafka.clients import wait_for_broker
@@ -110,7 +199,7 @@ def inject(
     run_injector(p, name, cfg, instance, instances, final=final)
 
 
-def _admin(bootstrap_servers: Optional[str], config: Optional[Path]):
+def _admin(bootstrap_servers: str | None, config: Path | None):
     from .kafka.clients import wait_for_broker
 
     cfg = WorkerConfig.from_env(config_file=config, bootstrap_servers=bootstrap_servers)
@@ -120,9 +209,11 @@ def _admin(bootstrap_servers: Optional[str], config: Optional[Path]):
 @topics_app.command("create")
 def topics_create(
     pipeline: str = typer.Argument(..., help=PIPELINE_HELP),
-    bootstrap_servers: Optional[str] = Bootstrap,
-    replication: int = typer.Option(1, "--replication", min=1, help="Replication factor of new topics"),
-    config: Optional[Path] = ConfigFile,
+    bootstrap_servers: str | None = Bootstrap,
+    replication: int = typer.Option(
+        1, "--replication", min=1, help="Replication factor of new topics"
+    ),
+    config: Path | None = ConfigFile,
 ) -> None:
     """Create every missing topic (streams, changelogs, repartitions), then check them all."""
     from .kafka.topics import create_topics
@@ -133,8 +224,11 @@ def topics_create(
 
 
 @topics_app.command("check")
-def topics_check(pipeline: str = typer.Argument(..., help=PIPELINE_HELP), bootstrap_servers: Optional[str] = Bootstrap,
-                 config: Optional[Path] = ConfigFile) -> None:
+def topics_check(
+    pipeline: str = typer.Argument(..., help=PIPELINE_HELP),
+    bootstrap_servers: str | None = Bootstrap,
+    config: Path | None = ConfigFile,
+) -> None:
     """Verify every topic exists with the right partitions, cleanup policy and (changelogs) delete.retention.ms."""
     from .kafka.topics import check_topics
 
@@ -146,9 +240,11 @@ def topics_check(pipeline: str = typer.Argument(..., help=PIPELINE_HELP), bootst
 @app.command()
 def status(
     pipeline: str = typer.Argument(..., help=PIPELINE_HELP),
-    bootstrap_servers: Optional[str] = Bootstrap,
-    as_json: bool = typer.Option(False, "--json", help="Print JSON for machines instead of a table"),
-    config: Optional[Path] = ConfigFile,
+    bootstrap_servers: str | None = Bootstrap,
+    as_json: bool = typer.Option(
+        False, "--json", help="Print JSON for machines instead of a table"
+    ),
+    config: Path | None = ConfigFile,
 ) -> None:
     """Per computation and task: consumer lag, low watermark and its lag behind the clock,
     records/s, records processed, dedup drops, late records, pending timers."""
@@ -163,9 +259,11 @@ def status(
 
 @config_app.command("show")
 def config_show(
-    config: Optional[Path] = ConfigFile,
-    bootstrap_servers: Optional[str] = Bootstrap,
-    as_json: bool = typer.Option(False, "--json", help="Print JSON for machines instead of a table"),
+    config: Path | None = ConfigFile,
+    bootstrap_servers: str | None = Bootstrap,
+    as_json: bool = typer.Option(
+        False, "--json", help="Print JSON for machines instead of a table"
+    ),
 ) -> None:
     """Print the effective settings, where each comes from (default, file, env, flag), secrets masked."""
     import json
@@ -187,12 +285,16 @@ def config_show(
 @app.command()
 def ui(
     pipeline: str = typer.Argument(..., help=PIPELINE_HELP),
-    bootstrap_servers: Optional[str] = Bootstrap,
-    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (default: this machine only)"),
-    port: int = typer.Option(8080, "--port", min=0, max=65535, help="Port to listen on (0: any free port)"),
-    config: Optional[Path] = ConfigFile,
-    log_level: Optional[str] = LogLevel,
-    log_format: Optional[str] = LogFormat,
+    bootstrap_servers: str | None = Bootstrap,
+    host: str = typer.Option(
+        "127.0.0.1", "--host", help="Address to listen on (default: this machine only)"
+    ),
+    port: int = typer.Option(
+        8080, "--port", min=0, max=65535, help="Port to listen on (0: any free port)"
+    ),
+    config: Path | None = ConfigFile,
+    log_level: str | None = LogLevel,
+    log_format: str | None = LogFormat,
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Same as --log-level DEBUG"),
 ) -> None:
     """Serve a read-only web page: the pipeline graph and its live status (as kwheel status)."""
@@ -200,8 +302,12 @@ def ui(
 
     from .ui import make_server
 
-    cfg = WorkerConfig.from_env(config_file=config, bootstrap_servers=bootstrap_servers,
-                                log_level="DEBUG" if verbose else log_level, log_format=log_format)
+    cfg = WorkerConfig.from_env(
+        config_file=config,
+        bootstrap_servers=bootstrap_servers,
+        log_level="DEBUG" if verbose else log_level,
+        log_format=log_format,
+    )
     _setup_logging(cfg)
     p = load_pipeline(pipeline)
     server = make_server(p, cfg, host, port)

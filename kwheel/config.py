@@ -55,48 +55,86 @@ class WorkerConfig:
 
     def __post_init__(self) -> None:
         self.state_dir = Path(self.state_dir)
-        for name in ("batch_size", "commit_interval_ms", "transaction_timeout_ms", "session_timeout_ms", "dedup_horizon_ms"):
+        for name in (
+            "batch_size",
+            "commit_interval_ms",
+            "transaction_timeout_ms",
+            "session_timeout_ms",
+            "dedup_horizon_ms",
+        ):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ConfigError(f"config {name}: must be a positive integer, got {v!r}")
         t = self.startup_timeout_s
         if not isinstance(t, (int, float)) or isinstance(t, bool) or not 0 < t < float("inf"):
-            raise ConfigError(f"config startup_timeout_s: must be a positive number, got {self.startup_timeout_s!r}")
-        if not self.bootstrap_servers or not all(":" in b for b in self.bootstrap_servers.split(",")):
-            raise ConfigError(f"config bootstrap_servers: expected host:port[,host:port], got {self.bootstrap_servers!r}")
+            raise ConfigError(
+                f"config startup_timeout_s: must be a positive number, got {self.startup_timeout_s!r}"
+            )
+        if not self.bootstrap_servers or not all(
+            ":" in b for b in self.bootstrap_servers.split(",")
+        ):
+            raise ConfigError(
+                f"config bootstrap_servers: expected host:port[,host:port], got {self.bootstrap_servers!r}"
+            )
         if self.offset_reset not in ("earliest", "latest", "fail"):
-            raise ConfigError(f"config offset_reset: must be earliest, latest or fail, got {self.offset_reset!r}")
+            raise ConfigError(
+                f"config offset_reset: must be earliest, latest or fail, got {self.offset_reset!r}"
+            )
         url = self.schema_registry_url
-        if url is not None and not all(u.strip().startswith(("http://", "https://")) for u in url.split(",")):
+        if url is not None and not all(
+            u.strip().startswith(("http://", "https://")) for u in url.split(",")
+        ):
             from .registry import redact
 
-            raise ConfigError(f"config schema_registry_url: expected http(s)://host:port[,...], got {redact(url)!r}")
+            raise ConfigError(
+                f"config schema_registry_url: expected http(s)://host:port[,...], got {redact(url)!r}"
+            )
         if self.schema_registry_auth is not None and ":" not in self.schema_registry_auth:
-            raise ConfigError("config schema_registry_auth: expected user:password (value not shown)")
+            raise ConfigError(
+                "config schema_registry_auth: expected user:password (value not shown)"
+            )
         mp = self.metrics_port
-        if mp is not None and (not isinstance(mp, int) or isinstance(mp, bool) or not 0 <= mp <= 65535):
-            raise ConfigError(f"config metrics_port: must be a port number 0..65535 (0: any free port), got {mp!r}")
+        if mp is not None and (
+            not isinstance(mp, int) or isinstance(mp, bool) or not 0 <= mp <= 65535
+        ):
+            raise ConfigError(
+                f"config metrics_port: must be a port number 0..65535 (0: any free port), got {mp!r}"
+            )
         if not self.metrics_host or any(c.isspace() for c in self.metrics_host):
-            raise ConfigError(f"config metrics_host: must be a host name or address, got {self.metrics_host!r}")
+            raise ConfigError(
+                f"config metrics_host: must be a host name or address, got {self.metrics_host!r}"
+            )
         if self.slot is not None and (not self.slot or any(c.isspace() for c in self.slot)):
-            raise ConfigError(f"config slot: must be a non-empty name without spaces, got {self.slot!r}")
+            raise ConfigError(
+                f"config slot: must be a non-empty name without spaces, got {self.slot!r}"
+            )
         if not isinstance(self.log_level, str) or self.log_level.upper() not in LOG_LEVELS:
-            raise ConfigError(f"config log_level: must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
+            raise ConfigError(
+                f"config log_level: must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}"
+            )
         self.log_level = self.log_level.upper()
         if self.log_format not in ("text", "json"):
             raise ConfigError(f"config log_format: must be text or json, got {self.log_format!r}")
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None, config_file: str | Path | None = None,
-                 **overrides: object) -> WorkerConfig:
+    def from_env(
+        cls,
+        env: Mapping[str, str] | None = None,
+        config_file: str | Path | None = None,
+        **overrides: object,
+    ) -> WorkerConfig:
         """Defaults < config file < ``KWHEEL_<FIELD>`` environment < explicit overrides (flags).
 
         The file is ``config_file``, else ``KWHEEL_CONFIG`` from ``env``, else none."""
         return load(env, config_file, cls, **overrides)[0]
 
 
-def load(env: Mapping[str, str] | None = None, config_file: str | Path | None = None,
-         cls: type[WorkerConfig] | None = None, **overrides: object) -> tuple[WorkerConfig, dict[str, str]]:
+def load(
+    env: Mapping[str, str] | None = None,
+    config_file: str | Path | None = None,
+    cls: type[WorkerConfig] | None = None,
+    **overrides: object,
+) -> tuple[WorkerConfig, dict[str, str]]:
     """The config, and where each value came from: field name (or ``kafka.<key>`` for a
     pass-through setting) -> ``default``, ``file``, ``env`` or ``flag``.
 
@@ -118,7 +156,11 @@ def load(env: Mapping[str, str] | None = None, config_file: str | Path | None = 
                     tables[name][k] = v
                     sources[f"{name}.{k}"] = "file"
             else:
-                values[name], sources[name], origin[name] = value, "file", f"config file {str(path)!r}"
+                values[name], sources[name], origin[name] = (
+                    value,
+                    "file",
+                    f"config file {str(path)!r}",
+                )
 
     env_names = {ENV_PREFIX + n.upper() for n in hints}
     for name, typ in hints.items():
@@ -127,7 +169,7 @@ def load(env: Mapping[str, str] | None = None, config_file: str | Path | None = 
             prefix = var + "_"
             for k, v in env.items():
                 if k.startswith(prefix) and k not in env_names:
-                    key = k[len(prefix):].lower().replace("_", ".")
+                    key = k[len(prefix) :].lower().replace("_", ".")
                     tables[name][key] = str(v)
                     sources[f"{name}.{key}"] = "env"
         elif var in env:
@@ -136,7 +178,9 @@ def load(env: Mapping[str, str] | None = None, config_file: str | Path | None = 
     if sources.get("kafka.bootstrap.servers") == "env":
         raise ConfigError("set KWHEEL_BOOTSTRAP_SERVERS, not KWHEEL_KAFKA_BOOTSTRAP_SERVERS")
     if sources.get("kafka.bootstrap.servers") == "file":
-        raise ConfigError(f"config file {str(path)!r}: set bootstrap_servers, not bootstrap.servers in [kafka]")
+        raise ConfigError(
+            f"config file {str(path)!r}: set bootstrap_servers, not bootstrap.servers in [kafka]"
+        )
     values.update(tables)
 
     for name, value in overrides.items():
@@ -155,7 +199,9 @@ def load(env: Mapping[str, str] | None = None, config_file: str | Path | None = 
         raise ConfigError(f"{e} (from {where})" if where else str(e)) from None
 
 
-def config_path(env: Mapping[str, str] | None = None, config_file: str | Path | None = None) -> Path | None:
+def config_path(
+    env: Mapping[str, str] | None = None, config_file: str | Path | None = None
+) -> Path | None:
     """The config file to read: ``config_file`` (``--config``), else ``KWHEEL_CONFIG``, else none."""
     env = os.environ if env is None else env
     path = config_file if config_file is not None else env.get(CONFIG_ENV) or None
@@ -182,10 +228,16 @@ def _read_file(path: Path, hints: dict[str, object]) -> dict[str, object]:
             raise ConfigError(f"{where}: unknown key {name!r} ({hint})")
         if get_origin(typ) is dict:
             if not isinstance(value, dict):
-                raise ConfigError(f"{where}: {name} must be a table ([{name}]), got {json.dumps(value, default=str)}")
-            out[name] = {k: _table_value(v, f"{where}: {name}.{k}") for k, v in _flatten(value).items()}
+                raise ConfigError(
+                    f"{where}: {name} must be a table ([{name}]), got {json.dumps(value, default=str)}"
+                )
+            out[name] = {
+                k: _table_value(v, f"{where}: {name}.{k}") for k, v in _flatten(value).items()
+            }
         else:
-            out[name] = _convert(typ, value, text=False, where=f"{where}: {name} = {json.dumps(value, default=str)}")
+            out[name] = _convert(
+                typ, value, text=False, where=f"{where}: {name} = {json.dumps(value, default=str)}"
+            )
     return out
 
 
@@ -206,13 +258,18 @@ def _table_value(value: object, where: str) -> str:
         return "true" if value else "false"
     if isinstance(value, (str, int, float)):
         return str(value)
-    raise ConfigError(f"{where} = {json.dumps(value, default=str)}: expected a string, number or boolean")
+    raise ConfigError(
+        f"{where} = {json.dumps(value, default=str)}: expected a string, number or boolean"
+    )
 
 
 _TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
 
 
-_NUMBERS = {int: (int, "an integer"), float: ((int, float), "a number")}  # type -> (TOML types taken, name)
+_NUMBERS = {
+    int: (int, "an integer"),
+    float: ((int, float), "a number"),
+}  # type -> (TOML types taken, name)
 
 
 def _convert(typ: object, value: object, *, text: bool, where: str) -> object:
@@ -252,15 +309,29 @@ def _convert(typ: object, value: object, *, text: bool, where: str) -> object:
 # ---- showing the config ---------------------------------------------------------------------
 
 MASK = "***"
-_SECRET_WORDS = ("password", "secret", "token", "credential", "jaas", "basic.auth", "registry.auth", "user.info", "userinfo")
+_SECRET_WORDS = (
+    "password",
+    "secret",
+    "token",
+    "credential",
+    "jaas",
+    "basic.auth",
+    "registry.auth",
+    "user.info",
+    "userinfo",
+)
 
 
 def is_secret(name: str) -> bool:
     """Whether a setting's value must not be shown: passwords, secrets, tokens, private keys
     (``ssl.key.*``), OAUTHBEARER settings, schema-registry basic auth, JAAS configs."""
     n = name.lower().replace("_", ".")
-    return (any(w in n for w in _SECRET_WORDS) or "key" in n.split(".")
-            or n.startswith("sasl.oauthbearer") or ".sasl.oauthbearer" in n)
+    return (
+        any(w in n for w in _SECRET_WORDS)
+        or "key" in n.split(".")
+        or n.startswith("sasl.oauthbearer")
+        or ".sasl.oauthbearer" in n
+    )
 
 
 def masked(name: str, value: object) -> object:

@@ -29,7 +29,9 @@ class BoundedDisorder:
 
     def __init__(self, bound_ms: int):
         if not isinstance(bound_ms, int) or bound_ms < 0:
-            raise ValueError(f"BoundedDisorder: bound_ms must be a non-negative integer, got {bound_ms!r}")
+            raise ValueError(
+                f"BoundedDisorder: bound_ms must be a non-negative integer, got {bound_ms!r}"
+            )
         self.bound_ms = bound_ms
         self.max_seen = MIN_WATERMARK
 
@@ -46,14 +48,23 @@ class BoundedDisorder:
 class Injector:
     """One injector process: ``send`` records, ``advance`` the watermark, ``close`` when done."""
 
-    def __init__(self, pipeline: Pipeline, name: str, streams: list[str], cfg: WorkerConfig,
-                 instance: str | None = None, publish_interval_ms: int | None = 200):
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        name: str,
+        streams: list[str],
+        cfg: WorkerConfig,
+        instance: str | None = None,
+        publish_interval_ms: int | None = 200,
+    ):
         for s in streams:
             if s not in pipeline.streams:
                 raise ValueError(f"injector {name!r}: unknown stream {s!r}")
         self.pipeline = pipeline
         self.streams = list(streams)
-        self.producer_id = injector_producer_id(name, instance or f"{socket.gethostname()}-{os.getpid()}")
+        self.producer_id = injector_producer_id(
+            name, instance or f"{socket.gethostname()}-{os.getpid()}"
+        )
         self.watermark = MIN_WATERMARK
         self._producer = StreamProducer(pipeline, cfg)
         self._publisher = WatermarkPublisher(cfg, pipeline.watermark_topic())
@@ -66,12 +77,24 @@ class Injector:
         self._last_publish = 0.0
         self.sent = 0
 
-    def send(self, stream: str, key: Key, value: object, timestamp: int | None = None, id: bytes | None = None) -> bytes:
+    def send(
+        self,
+        stream: str,
+        key: Key,
+        value: object,
+        timestamp: int | None = None,
+        id: bytes | None = None,
+    ) -> bytes:
         if stream not in self.streams:
-            raise ValueError(f"injector {self.producer_id}: {stream!r} is not one of its streams {self.streams}")
+            raise ValueError(
+                f"injector {self.producer_id}: {stream!r} is not one of its streams {self.streams}"
+            )
         rid = self._producer.send(stream, key, value, timestamp, id)
         self.sent += 1
-        if self._interval_s is not None and time.monotonic() - self._last_publish >= self._interval_s:
+        if (
+            self._interval_s is not None
+            and time.monotonic() - self._last_publish >= self._interval_s
+        ):
             self.publish()
         return rid
 
@@ -86,10 +109,18 @@ class Injector:
         ends = self._publisher.end_offsets(self._partitions)
         # never below what this instance published before a restart
         w = MAX_WATERMARK if final else max(self.watermark, self._floor)
-        self._publisher.publish(Control(
-            self.producer_id, INJECTOR, self.streams, w, [(t, p, o) for (t, p), o in ends.items()],
-            int(time.time() * 1000), final=final, stats={"sent": self.sent},
-        ))
+        self._publisher.publish(
+            Control(
+                self.producer_id,
+                INJECTOR,
+                self.streams,
+                w,
+                [(t, p, o) for (t, p), o in ends.items()],
+                int(time.time() * 1000),
+                final=final,
+                stats={"sent": self.sent},
+            )
+        )
         self._publisher.flush()
         self._last_publish = time.monotonic()
 

@@ -15,8 +15,9 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Callable
 from contextvars import ContextVar
-from typing import Callable, TypeVar
+from typing import TypeVar
 
 # (computation, partition): partition is None for work of a whole computation.
 _context: ContextVar[tuple[str, int | None] | None] = ContextVar("kwheel_log_context", default=None)
@@ -57,7 +58,11 @@ def scoped(method: F) -> F:
 def about(task) -> dict[str, object]:
     """``extra=`` for a log call about a task (``.spec.name``, ``.partition``) made outside
     its scoped methods."""
-    return {"computation": task.spec.name, "partition": task.partition, "task": f"{task.spec.name}[{task.partition}]"}
+    return {
+        "computation": task.spec.name,
+        "partition": task.partition,
+        "task": f"{task.spec.name}[{task.partition}]",
+    }
 
 
 def current() -> tuple[str, int | None] | None:
@@ -96,7 +101,9 @@ class TextFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
-        ctx = [f"{k}={getattr(record, k)}" for k in ("computation", "partition") if hasattr(record, k)]
+        ctx = [
+            f"{k}={getattr(record, k)}" for k in ("computation", "partition") if hasattr(record, k)
+        ]
         if not ctx:
             return line
         head, nl, rest = line.partition("\n")  # keep a traceback below the tagged line
@@ -110,8 +117,13 @@ class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         secs = int(record.created)
         ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)) + f".{int(record.msecs):03d}Z"
-        out: dict[str, object] = {"ts": ts, "level": record.levelname, "logger": record.name,
-                                  "message": record.getMessage(), "pid": record.process}
+        out: dict[str, object] = {
+            "ts": ts,
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+            "pid": record.process,
+        }
         for k in CONTEXT_FIELDS:
             v = getattr(record, k, None)
             if v is not None:

@@ -109,11 +109,19 @@ class Pipeline:
         if name in self.streams:
             raise PipelineError(f"pipeline {self.name!r}: stream {name!r} declared twice")
         if not _positive_int(partitions):
-            raise PipelineError(f"stream {name!r}: partitions must be a positive integer, got {partitions!r}")
+            raise PipelineError(
+                f"stream {name!r}: partitions must be a positive integer, got {partitions!r}"
+            )
         try:
             t = topic or f"{self.name}.{name}"
-            s = Stream(name, t, partitions, serdes.for_topic(serdes.resolve(key), t, "key"),
-                       serdes.for_topic(serdes.resolve(value), t, "value"), source)
+            s = Stream(
+                name,
+                t,
+                partitions,
+                serdes.for_topic(serdes.resolve(key), t, "key"),
+                serdes.for_topic(serdes.resolve(value), t, "value"),
+                source,
+            )
         except SerdeError as e:
             raise PipelineError(f"stream {name!r}: {e}") from None
         self.streams[name] = s
@@ -132,13 +140,17 @@ class Pipeline:
         if name in self.computations:
             raise PipelineError(f"pipeline {self.name!r}: computation {name!r} declared twice")
         if partitions is not None and not _positive_int(partitions):
-            raise PipelineError(f"computation {name!r}: partitions must be a positive integer, got {partitions!r}")
+            raise PipelineError(
+                f"computation {name!r}: partitions must be a positive integer, got {partitions!r}"
+            )
         ins = [i if isinstance(i, Input) else Input(i) for i in inputs]
         spec = ComputationSpec(name, computation, ins, list(outputs), dead_letter, partitions or 0)
         self.computations[name] = spec
         return spec
 
-    def injector(self, name: str, source: Callable[[], object], outputs: Iterable[str], disorder_ms: int = 0) -> InjectorSpec:
+    def injector(
+        self, name: str, source: Callable[[], object], outputs: Iterable[str], disorder_ms: int = 0
+    ) -> InjectorSpec:
         """Declare an injector writing ``outputs`` (which become source streams).
 
         ``source`` builds the injector's Source in each injector process (see kwheel.sources);
@@ -147,9 +159,13 @@ class Pipeline:
         if name in self.injectors:
             raise PipelineError(f"pipeline {self.name!r}: injector {name!r} declared twice")
         if not callable(source):
-            raise PipelineError(f"injector {name!r}: source must be a Source class or factory, got {source!r}")
+            raise PipelineError(
+                f"injector {name!r}: source must be a Source class or factory, got {source!r}"
+            )
         if not isinstance(disorder_ms, int) or isinstance(disorder_ms, bool) or disorder_ms < 0:
-            raise PipelineError(f"injector {name!r}: disorder_ms must be a non-negative integer, got {disorder_ms!r}")
+            raise PipelineError(
+                f"injector {name!r}: disorder_ms must be a non-negative integer, got {disorder_ms!r}"
+            )
         outs = list(outputs)
         if not outs:
             raise PipelineError(f"injector {name!r} has no outputs")
@@ -170,7 +186,9 @@ class Pipeline:
             if not c.inputs:
                 raise PipelineError(f"computation {c.name!r} has no inputs")
             if not callable(c.factory):
-                raise PipelineError(f"computation {c.name!r}: {c.factory!r} is not a Computation class or factory")
+                raise PipelineError(
+                    f"computation {c.name!r}: {c.factory!r} is not a Computation class or factory"
+                )
             for i in c.inputs:
                 self._known(i.stream, f"computation {c.name!r} reads")
             for o in c.outputs:
@@ -189,7 +207,11 @@ class Pipeline:
                     )
             direct = {self.streams[i.stream].partitions for i in c.inputs if i.key_by is None}
             if len(direct) > 1:
-                counts = ", ".join(f"{i.stream}={self.streams[i.stream].partitions}" for i in c.inputs if i.key_by is None)
+                counts = ", ".join(
+                    f"{i.stream}={self.streams[i.stream].partitions}"
+                    for i in c.inputs
+                    if i.key_by is None
+                )
                 raise PipelineError(
                     f"computation {c.name!r}: inputs have mismatched partition counts ({counts}); "
                     f"co-partitioned inputs must match, or re-key one with key_by"
@@ -215,11 +237,23 @@ class Pipeline:
                 name = rekey.stage_name(c.name, s.name)
                 if i.key_by is None or not s.source or name in self.computations:
                     continue
-                self.streams[name] = Stream(name, self.repartition_topic(c.name, s.name), c.partitions,
-                                            rekey.TagSerde(), s.value_serde, False)
+                self.streams[name] = Stream(
+                    name,
+                    self.repartition_topic(c.name, s.name),
+                    c.partitions,
+                    rekey.TagSerde(),
+                    s.value_serde,
+                    False,
+                )
                 self.computations[name] = ComputationSpec(
-                    name, partial(rekey.Rekey, i.key_by, name), [Input(s.name)], [name], c.dead_letter,
-                    s.partitions, feeds=c.name)
+                    name,
+                    partial(rekey.Rekey, i.key_by, name),
+                    [Input(s.name)],
+                    [name],
+                    c.dead_letter,
+                    s.partitions,
+                    feeds=c.name,
+                )
 
     def feed_stream(self, computation: str, i: Input) -> str:
         """The stream whose producers feed input ``i``: the re-keying stage's for a re-keyed
@@ -278,8 +312,13 @@ class Pipeline:
             need[s.topic] = (s.partitions, {})
         need[self.watermark_topic()] = (1, {"cleanup.policy": "compact"})
         for c in self.computations.values():
-            need[self.changelog_topic(c.name)] = (c.partitions, {
-                "cleanup.policy": "compact", "delete.retention.ms": str(CHANGELOG_DELETE_RETENTION_MS)})
+            need[self.changelog_topic(c.name)] = (
+                c.partitions,
+                {
+                    "cleanup.policy": "compact",
+                    "delete.retention.ms": str(CHANGELOG_DELETE_RETENTION_MS),
+                },
+            )
             for ti in self.task_inputs(c.name):
                 if ti.repartitioned:
                     need[ti.topic] = (c.partitions, {})

@@ -46,8 +46,10 @@ def client(url: str | None = None):
     with _lock:
         target = url or _url
         if not target:
-            raise RegistryError("an Avro serde needs a schema registry: set KWHEEL_SCHEMA_REGISTRY_URL "
-                              "(config schema_registry_url) or give the serde registry='http://...'")
+            raise RegistryError(
+                "an Avro serde needs a schema registry: set KWHEEL_SCHEMA_REGISTRY_URL "
+                "(config schema_registry_url) or give the serde registry='http://...'"
+            )
         auth = _auth if target == _url else None
         key = (target, auth)
         c = _clients.get(key)
@@ -60,7 +62,9 @@ def client(url: str | None = None):
             try:
                 c = SchemaRegistryClient(conf)
             except (ValueError, TypeError) as e:
-                raise RegistryError(f"schema registry {redact(target)}: {hide(str(e), auth, target)}") from None
+                raise RegistryError(
+                    f"schema registry {redact(target)}: {hide(str(e), auth, target)}"
+                ) from None
             _clients[key] = c
         return c
 
@@ -93,5 +97,9 @@ def failure(url: str, what: str, e: Exception) -> RegistryError:
     """A RegistryError for a failed request, without credentials."""
     auth = _auth if url == _url else None
     code = getattr(e, "http_status_code", None)
-    detail = f"HTTP {code}: {getattr(e, 'error_message', e)}" if code is not None else f"{type(e).__name__}: {e}"
+    detail = (
+        f"HTTP {code}: {getattr(e, 'error_message', e)}"
+        if code is not None
+        else f"{type(e).__name__}: {e}"
+    )
     return RegistryError(f"schema registry {redact(url)}: {what} failed: {hide(detail, auth, url)}")

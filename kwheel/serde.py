@@ -98,8 +98,13 @@ class AvroSerde:
     are built at import time, before a worker has read its configuration (kwheel.registry).
     """
 
-    def __init__(self, schema: SchemaSource, reader_schema: SchemaSource | None = None,
-                 registry: bool | str = False, subject: str | None = None):
+    def __init__(
+        self,
+        schema: SchemaSource,
+        reader_schema: SchemaSource | None = None,
+        registry: bool | str = False,
+        subject: str | None = None,
+    ):
         self.raw_schema, self.path, label = _load_schema(schema)
         self.schema = _parse(self.raw_schema, label)
         if reader_schema is None:
@@ -109,9 +114,13 @@ class AvroSerde:
             raw, _, self.reader_label = _load_schema(reader_schema)
             self.reader_schema = _parse(raw, self.reader_label)
         self.label = label
-        if not isinstance(registry, bool) and not (isinstance(registry, str) and registry.startswith(("http://", "https://"))):
+        if not isinstance(registry, bool) and not (
+            isinstance(registry, str) and registry.startswith(("http://", "https://"))
+        ):
             shown = _redact(registry) if isinstance(registry, str) else registry
-            raise SerdeError(f"Avro serde {label}: registry must be True or an http(s):// URL, got {shown!r}")
+            raise SerdeError(
+                f"Avro serde {label}: registry must be True or an http(s):// URL, got {shown!r}"
+            )
         self.registry = registry
         self.subject = subject
         self.name = f"avro+registry:{label}" if registry else f"avro:{label}"
@@ -143,20 +152,30 @@ class AvroSerde:
     def _schema_id(self) -> int:
         if self._id is None:
             if self.subject is None:
-                raise SerdeError(f"Avro serde {self.label} has a registry but no subject: declare it on a "
-                                 f"stream (subject <topic>-value) or pass subject=")
+                raise SerdeError(
+                    f"Avro serde {self.label} has a registry but no subject: declare it on a "
+                    f"stream (subject <topic>-value) or pass subject="
+                )
             from confluent_kafka.schema_registry import Schema
 
             url = self._url()
             c = registry.client(self.registry if isinstance(self.registry, str) else None)
             try:
-                self._id = c.register_schema(self.subject, Schema(json.dumps(self.raw_schema), "AVRO"))
+                self._id = c.register_schema(
+                    self.subject, Schema(json.dumps(self.raw_schema), "AVRO")
+                )
             except Exception as e:
-                raise registry.failure(url, f"registering schema {self.label} under subject {self.subject!r}", e) from None
+                raise registry.failure(
+                    url, f"registering schema {self.label} under subject {self.subject!r}", e
+                ) from None
         return self._id
 
     def _url(self) -> str:
-        return self.registry if isinstance(self.registry, str) else (registry.configured_url() or "(none)")
+        return (
+            self.registry
+            if isinstance(self.registry, str)
+            else (registry.configured_url() or "(none)")
+        )
 
     # ---- decoding -------------------------------------------------------------------------
     def decode(self, data: bytes) -> object:
@@ -164,11 +183,15 @@ class AvroSerde:
             return self._read(data, 0, self.schema, f"schema {self.label}")
         if data is None or len(data) < _HEADER:
             n = 0 if data is None else len(data)
-            raise SerdeError(f"not Confluent Avro wire format: {n} bytes, shorter than the 5-byte header "
-                             f"(magic byte 0x00 + schema id)")
+            raise SerdeError(
+                f"not Confluent Avro wire format: {n} bytes, shorter than the 5-byte header "
+                f"(magic byte 0x00 + schema id)"
+            )
         if data[0] != 0:
-            raise SerdeError(f"not Confluent Avro wire format: first byte is 0x{data[0]:02x}, expected "
-                             f"the magic byte 0x00")
+            raise SerdeError(
+                f"not Confluent Avro wire format: first byte is 0x{data[0]:02x}, expected "
+                f"the magic byte 0x00"
+            )
         sid = int.from_bytes(data[1:_HEADER], "big")
         return self._read(data, _HEADER, self._writer(sid), f"schema id {sid}")
 
@@ -200,9 +223,13 @@ class AvroSerde:
         try:
             obj = fastavro.schemaless_reader(buf, writer, reader)
         except SchemaResolutionError as e:
-            raise SerdeError(f"Avro written with {what} cannot be read as {self.reader_label}: {_short(e)}") from None
+            raise SerdeError(
+                f"Avro written with {what} cannot be read as {self.reader_label}: {_short(e)}"
+            ) from None
         except Exception as e:
-            raise SerdeError(f"malformed Avro for {what}: {type(e).__name__}: {_short(e)}") from None
+            raise SerdeError(
+                f"malformed Avro for {what}: {type(e).__name__}: {_short(e)}"
+            ) from None
         left = len(data) - buf.tell()
         if left:
             raise SerdeError(f"malformed Avro for {what}: {left} bytes left over after the record")
@@ -250,8 +277,10 @@ def resolve(serde: Serde | str) -> Serde:
     if serde.startswith("avro:"):
         return AvroSerde(serde[5:])
     if serde.startswith("avro+registry:"):
-        return AvroSerde(serde[len("avro+registry:"):], registry=True)
-    raise SerdeError(f"unknown serde {serde!r}: use bytes, str, json, avro:PATH or avro+registry:PATH")
+        return AvroSerde(serde[len("avro+registry:") :], registry=True)
+    raise SerdeError(
+        f"unknown serde {serde!r}: use bytes, str, json, avro:PATH or avro+registry:PATH"
+    )
 
 
 def for_topic(serde: Serde, topic: str, part: str) -> Serde:

@@ -98,7 +98,9 @@ class JsonLines(_Unacknowledged):
     and line number, so re-reading a file after a crash produces duplicates that dedup
     drops. With several injector processes each takes every n-th line."""
 
-    def __init__(self, path: str, key: Callable[[dict], Key], timestamp: Callable[[dict], int] | None = None):
+    def __init__(
+        self, path: str, key: Callable[[dict], Key], timestamp: Callable[[dict], int] | None = None
+    ):
         self.path = path
         self._key = key
         self._timestamp = timestamp
@@ -150,8 +152,14 @@ class KafkaTopic:
     The watermark is per partition (newest timestamp seen minus ``disorder_ms``), the min
     over partitions that still have data; a partition at its end holds nothing back."""
 
-    def __init__(self, topic: str, value: Serde | str = "json", key: Callable[[object], Key] | None = None,
-                 timestamp: Callable[[object], int] | None = None, disorder_ms: int = 0):
+    def __init__(
+        self,
+        topic: str,
+        value: Serde | str = "json",
+        key: Callable[[object], Key] | None = None,
+        timestamp: Callable[[object], int] | None = None,
+        disorder_ms: int = 0,
+    ):
         self.topic = topic
         self._serde = resolve(value)
         self._key = key
@@ -163,9 +171,15 @@ class KafkaTopic:
 
     def open(self, env: SourceEnv) -> None:
         conf = clients.base_config(env.cfg)
-        conf.update({"group.id": f"{env.pipeline}.inject.{env.injector}", "enable.auto.commit": False,
-                     "auto.offset.reset": "earliest", "isolation.level": "read_committed",
-                     "enable.partition.eof": True})
+        conf.update(
+            {
+                "group.id": f"{env.pipeline}.inject.{env.injector}",
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest",
+                "isolation.level": "read_committed",
+                "enable.partition.eof": True,
+            }
+        )
         if env.cfg.slot:
             conf["group.instance.id"] = f"{env.cfg.slot}-{env.instance}"
         self._c = Consumer(conf)
@@ -186,10 +200,16 @@ class KafkaTopic:
                 key = self._key(value) if self._key else (m.key() or b"").decode()
                 ts = int(self._timestamp(value)) if self._timestamp else m.timestamp()[1]
             except Exception as e:
-                raise SerdeError(f"{self.topic}[{m.partition()}]@{m.offset()}: {type(e).__name__}: {e}") from None
+                raise SerdeError(
+                    f"{self.topic}[{m.partition()}]@{m.offset()}: {type(e).__name__}: {e}"
+                ) from None
             if ts > self._newest.get(m.partition(), MIN_WATERMARK):
                 self._newest[m.partition()] = ts
-            out.append(SourceRecord(key, value, ts, ids.from_position(m.topic(), m.partition(), m.offset())))
+            out.append(
+                SourceRecord(
+                    key, value, ts, ids.from_position(m.topic(), m.partition(), m.offset())
+                )
+            )
         return out
 
     def watermark(self) -> int | None:

@@ -36,8 +36,15 @@ def collect(pipeline: Pipeline, cfg: WorkerConfig) -> dict:
         tasks = []
         for p in range(spec.partitions):
             latest = table.latest(task_producer_id(name, p))
-            task = {"partition": p, "lag": lag.get(p, 0), "low_watermark": None, "input_watermark": None,
-                    "watermark_lag_ms": None, "records_per_s": 0.0, "reported_at": None}
+            task = {
+                "partition": p,
+                "lag": lag.get(p, 0),
+                "low_watermark": None,
+                "input_watermark": None,
+                "watermark_lag_ms": None,
+                "records_per_s": 0.0,
+                "reported_at": None,
+            }
             task.update({k: 0 for k in SUMMED})
             if latest is not None:
                 task.update({k: latest.stats.get(k, 0) for k in SUMMED})
@@ -49,16 +56,29 @@ def collect(pipeline: Pipeline, cfg: WorkerConfig) -> dict:
             tasks.append(task)
         known = [t["low_watermark"] for t in tasks]
         low = None if any(w is None for w in known) else min(known, key=_order)
-        comp = {"name": name, "lag": sum(t["lag"] for t in tasks), "low_watermark": low,
-                "watermark_lag_ms": None if low is None or isinstance(low, str) else now - low,
-                "records_per_s": round(sum(t["records_per_s"] for t in tasks), 1), "tasks": tasks}
+        comp = {
+            "name": name,
+            "lag": sum(t["lag"] for t in tasks),
+            "low_watermark": low,
+            "watermark_lag_ms": None if low is None or isinstance(low, str) else now - low,
+            "records_per_s": round(sum(t["records_per_s"] for t in tasks), 1),
+            "tasks": tasks,
+        }
         comp.update({k: sum(t[k] for t in tasks) for k in SUMMED})
         out["computations"].append(comp)
     for pid, dq in sorted(table.entries.items()):
         c = dq[-1]
         if c.kind == INJECTOR:
-            out["injectors"].append({"producer": pid, "streams": c.streams, "low_watermark": _wm(c.watermark),
-                                     "final": c.final, "sent": c.stats.get("sent", 0), "reported_at": c.wall_time})
+            out["injectors"].append(
+                {
+                    "producer": pid,
+                    "streams": c.streams,
+                    "low_watermark": _wm(c.watermark),
+                    "final": c.final,
+                    "sent": c.stats.get("sent", 0),
+                    "reported_at": c.wall_time,
+                }
+            )
     return out
 
 
@@ -81,7 +101,11 @@ def _rate(table: WatermarkTable, pid: str) -> float:
     recent = [c for c in dq if c.wall_time >= dq[-1].wall_time - 10_000]
     first, last = recent[0], recent[-1]
     dt = (last.wall_time - first.wall_time) / 1000
-    return round((last.stats.get("processed", 0) - first.stats.get("processed", 0)) / dt, 1) if dt > 0 else 0.0
+    return (
+        round((last.stats.get("processed", 0) - first.stats.get("processed", 0)) / dt, 1)
+        if dt > 0
+        else 0.0
+    )
 
 
 def _lag(pipeline: Pipeline, computation: str, cfg: WorkerConfig) -> dict[int, int]:
@@ -90,13 +114,18 @@ def _lag(pipeline: Pipeline, computation: str, cfg: WorkerConfig) -> dict[int, i
     conf.update({"group.id": pipeline.group_id(computation), "enable.auto.commit": False})
     c = Consumer(conf)
     try:
-        tps = [TopicPartition(ti.topic, p) for ti in pipeline.task_inputs(computation)
-               for p in range(pipeline.computations[computation].partitions)]
+        tps = [
+            TopicPartition(ti.topic, p)
+            for ti in pipeline.task_inputs(computation)
+            for p in range(pipeline.computations[computation].partitions)
+        ]
         committed = c.committed(tps, timeout=cfg.startup_timeout_s)
         behind: dict[tuple[str, int], int] = {}
         starts: dict[tuple[str, int], int] = {}
         for tp in committed:
-            _, high = c.get_watermark_offsets(TopicPartition(tp.topic, tp.partition), timeout=cfg.startup_timeout_s)
+            _, high = c.get_watermark_offsets(
+                TopicPartition(tp.topic, tp.partition), timeout=cfg.startup_timeout_s
+            )
             start = max(tp.offset, 0)
             if high > start:
                 behind[(tp.topic, tp.partition)] = high - start
@@ -137,7 +166,17 @@ def _only_markers(cfg: WorkerConfig, starts: dict[tuple[str, int], int]) -> list
 def render(status: dict) -> str:
     """A human table: one line per computation, then its tasks."""
     now = status["time"]
-    cols = ("lag", "low watermark", "wm lag", "rec/s", "processed", "dups", "late", "dead", "timers")
+    cols = (
+        "lag",
+        "low watermark",
+        "wm lag",
+        "rec/s",
+        "processed",
+        "dups",
+        "late",
+        "dead",
+        "timers",
+    )
     lines = [f"pipeline {status['pipeline']} at {_clock(now)}", ""]
     header = f"{'computation / task':<24}" + "".join(f"{c:>14}" for c in cols)
     lines += [header, "-" * len(header)]
@@ -148,15 +187,26 @@ def render(status: dict) -> str:
     if status["injectors"]:
         lines += ["", "injectors:"]
         for inj in status["injectors"]:
-            lines.append(f"  {inj['producer']:<30} low watermark {_fmt_wm(inj['low_watermark'])}"
-                         f"  sent {inj['sent']}{'  (finished)' if inj['final'] else ''}")
+            lines.append(
+                f"  {inj['producer']:<30} low watermark {_fmt_wm(inj['low_watermark'])}"
+                f"  sent {inj['sent']}{'  (finished)' if inj['final'] else ''}"
+            )
     return "\n".join(lines)
 
 
 def _row(label: str, d: dict) -> str:
     wl = d.get("watermark_lag_ms")
-    cells = (d["lag"], _fmt_wm(d["low_watermark"]), "-" if wl is None else f"{wl / 1000:.1f}s",
-             d["records_per_s"], d["processed"], d["duplicates"], d["late"], d["dead_lettered"], d["pending_timers"])
+    cells = (
+        d["lag"],
+        _fmt_wm(d["low_watermark"]),
+        "-" if wl is None else f"{wl / 1000:.1f}s",
+        d["records_per_s"],
+        d["processed"],
+        d["duplicates"],
+        d["late"],
+        d["dead_lettered"],
+        d["pending_timers"],
+    )
     return f"{label:<24}" + "".join(f"{c!s:>14}" for c in cells)
 
 
@@ -168,6 +218,3 @@ def _fmt_wm(w: int | str | None) -> str:
 
 def _clock(ms: int) -> str:
     return time.strftime("%H:%M:%S", time.gmtime(ms / 1000)) + f".{ms % 1000:03d}"
-
-
-

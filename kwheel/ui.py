@@ -34,7 +34,7 @@ HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
     "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
-                               "img-src 'self'; frame-ancestors 'none'",
+    "img-src 'self'; frame-ancestors 'none'",
 }
 
 
@@ -62,14 +62,25 @@ def graph(pipeline: Pipeline) -> tuple[list[Node], list[Edge]]:
     nodes: dict[str, Node] = {}
     edges: list[Edge] = []
     for inj in pipeline.injectors.values():
-        nodes[f"injector:{inj.name}"] = Node(f"injector:{inj.name}", "injector", inj.name, "injector")
+        nodes[f"injector:{inj.name}"] = Node(
+            f"injector:{inj.name}", "injector", inj.name, "injector"
+        )
     for s in pipeline.streams.values():
-        nodes[f"stream:{s.name}"] = Node(f"stream:{s.name}", "stream", s.name,
-                                         f"{s.partitions} partition{'s' if s.partitions != 1 else ''}")
+        nodes[f"stream:{s.name}"] = Node(
+            f"stream:{s.name}",
+            "stream",
+            s.name,
+            f"{s.partitions} partition{'s' if s.partitions != 1 else ''}",
+        )
     for c in pipeline.computations.values():
         cid = f"computation:{c.name}"
-        nodes[cid] = Node(cid, "computation", c.name, f"{c.partitions} task{'s' if c.partitions != 1 else ''}")
-        edges += [Edge(f"stream:{pipeline.feed_stream(c.name, i)}", cid, "rekey" if i.key_by else "data") for i in c.inputs]
+        nodes[cid] = Node(
+            cid, "computation", c.name, f"{c.partitions} task{'s' if c.partitions != 1 else ''}"
+        )
+        edges += [
+            Edge(f"stream:{pipeline.feed_stream(c.name, i)}", cid, "rekey" if i.key_by else "data")
+            for i in c.inputs
+        ]
         edges += [Edge(cid, f"stream:{o}", "data") for o in c.outputs]
         if c.dead_letter:
             edges.append(Edge(cid, f"stream:{c.dead_letter}", "dead"))
@@ -104,17 +115,21 @@ def svg(pipeline: Pipeline) -> str:
     width = PAD * 2 + (max(n.layer for n in nodes) * COL_W) + NODE_W
     height = PAD * 2 + max(n.row for n in nodes) * ROW_H + 64
     e = html.escape
-    out = [f'<svg class="graph" xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" '
-           f'width="{width}" height="{height}" role="img" aria-label="pipeline graph">',
-           '<defs><marker id="arrow" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="7" markerHeight="7" '
-           'orient="auto-start-reverse"><path d="M0,0 L10,5 L0,10 z"/></marker></defs>']
+    out = [
+        f'<svg class="graph" xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" '
+        f'width="{width}" height="{height}" role="img" aria-label="pipeline graph">',
+        '<defs><marker id="arrow" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="7" markerHeight="7" '
+        'orient="auto-start-reverse"><path d="M0,0 L10,5 L0,10 z"/></marker></defs>',
+    ]
     for ed in edges:
         sx, sy, sw, sh = boxes[ed.src]
         dx, dy, _, dh = boxes[ed.dst]
         x1, y1, x2, y2 = sx + sw, sy + sh / 2, dx, dy + dh / 2
         mid = (x1 + x2) / 2
-        out.append(f'<path class="edge {ed.kind}" data-edge="{e(ed.src)}&gt;{e(ed.dst)}" '
-                   f'd="M{x1},{y1} C{mid},{y1} {mid},{y2} {x2},{y2}" marker-end="url(#arrow)"/>')
+        out.append(
+            f'<path class="edge {ed.kind}" data-edge="{e(ed.src)}&gt;{e(ed.dst)}" '
+            f'd="M{x1},{y1} C{mid},{y1} {mid},{y2} {x2},{y2}" marker-end="url(#arrow)"/>'
+        )
     for n in nodes:
         x, y, w, h = boxes[n.id]
         rx = h // 2 if n.kind == "stream" else 6
@@ -123,16 +138,26 @@ def svg(pipeline: Pipeline) -> str:
         out.append(f'<text class="name" x="{x + w / 2}" y="{y + 18}">{e(n.name)}</text>')
         out.append(f'<text class="detail" x="{x + w / 2}" y="{y + 34}">{e(n.detail)}</text>')
         if n.kind == "computation":
-            out.append(f'<text class="live" x="{x + w / 2}" y="{y + 52}" data-computation="{e(n.name)}" '
-                       f'data-field="summary">…</text>')
+            out.append(
+                f'<text class="live" x="{x + w / 2}" y="{y + 52}" data-computation="{e(n.name)}" '
+                f'data-field="summary">…</text>'
+            )
         out.append("</g>")
     out.append("</svg>")
     return "\n".join(out)
 
 
-COLUMNS = (("low_watermark", "low watermark"), ("watermark_lag_ms", "watermark lag"), ("lag", "lag (records)"),
-           ("records_per_s", "records/s"), ("processed", "processed"), ("duplicates", "duplicates"),
-           ("late", "late"), ("dead_lettered", "dead letters"), ("pending_timers", "pending timers"))
+COLUMNS = (
+    ("low_watermark", "low watermark"),
+    ("watermark_lag_ms", "watermark lag"),
+    ("lag", "lag (records)"),
+    ("records_per_s", "records/s"),
+    ("processed", "processed"),
+    ("duplicates", "duplicates"),
+    ("late", "late"),
+    ("dead_lettered", "dead letters"),
+    ("pending_timers", "pending timers"),
+)
 
 
 def page(pipeline: Pipeline) -> str:
@@ -140,8 +165,10 @@ def page(pipeline: Pipeline) -> str:
     head = "".join(f"<th>{e(label)}</th>" for _, label in COLUMNS)
     rows = "".join(
         f'<tr data-computation="{e(c)}"><th scope="row">{e(c)}</th>'
-        + "".join(f'<td data-field="{f}">…</td>' for f, _ in COLUMNS) + "</tr>"
-        for c in pipeline.computations)
+        + "".join(f'<td data-field="{f}">…</td>' for f, _ in COLUMNS)
+        + "</tr>"
+        for c in pipeline.computations
+    )
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
@@ -191,8 +218,13 @@ class StatusCache:
             return self._value
 
 
-def make_server(pipeline: Pipeline, cfg: WorkerConfig, host: str = "127.0.0.1", port: int = 8080,
-                fetch: Callable[[], dict] | None = None) -> ThreadingHTTPServer:
+def make_server(
+    pipeline: Pipeline,
+    cfg: WorkerConfig,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    fetch: Callable[[], dict] | None = None,
+) -> ThreadingHTTPServer:
     """An HTTP server for the page (not started: call serve_forever)."""
     from .status import collect
 
@@ -236,6 +268,8 @@ def make_server(pipeline: Pipeline, cfg: WorkerConfig, host: str = "127.0.0.1", 
     try:
         server = (_Server6 if ":" in host else ThreadingHTTPServer)((host, port), Handler)
     except OSError as err:
-        raise KwheelError(f"kwheel ui: cannot listen on {host}:{port}: {err.strerror or err}") from None
+        raise KwheelError(
+            f"kwheel ui: cannot listen on {host}:{port}: {err.strerror or err}"
+        ) from None
     server.daemon_threads = True
     return server

@@ -83,7 +83,7 @@ class Window:
         """The window a tag names, or None if the tag is not a window's."""
         if not tag.startswith(WINDOW_PREFIX):
             return None
-        start, _, end = tag[len(WINDOW_PREFIX):].partition("/")
+        start, _, end = tag[len(WINDOW_PREFIX) :].partition("/")
         try:
             return Window(int(start), int(end))
         except ValueError:
@@ -188,7 +188,9 @@ class Session(WindowAssigner):
         return window.end + 1
 
 
-def merge_sessions(sessions: list[Window] | tuple[Window, ...], new: Window) -> tuple[Window, list[Window]]:
+def merge_sessions(
+    sessions: list[Window] | tuple[Window, ...], new: Window
+) -> tuple[Window, list[Window]]:
     """Merge ``new`` into a key's ``sessions``: returns the merged window and the sessions it
     absorbs (in start order; they touch it, directly or through each other). Sessions not
     returned are unchanged. Pure: the caller moves state and timers."""
@@ -250,23 +252,30 @@ class WindowedAggregation(Computation, Generic[Acc]):
     # ---- what subclasses override ------------------------------------------------------------
     def initial(self) -> Acc:
         """The accumulator of an empty window."""
-        raise NotImplementedError(f"{type(self).__name__} must implement initial(self) -> accumulator")
+        raise NotImplementedError(
+            f"{type(self).__name__} must implement initial(self) -> accumulator"
+        )
 
     def add(self, acc: Acc, record: Record) -> Acc:
         """The accumulator with ``record`` added."""
-        raise NotImplementedError(f"{type(self).__name__} must implement add(self, acc, record) -> accumulator")
+        raise NotImplementedError(
+            f"{type(self).__name__} must implement add(self, acc, record) -> accumulator"
+        )
 
     def emit(self, ctx: Context, window: Window, acc: Acc) -> None:
         """Publish a window's result, typically with ``ctx.produce``. Called when the window
         becomes complete, and again after each late record within allowed lateness."""
-        raise NotImplementedError(f"{type(self).__name__} must implement emit(self, ctx, window, acc)")
+        raise NotImplementedError(
+            f"{type(self).__name__} must implement emit(self, ctx, window, acc)"
+        )
 
     def merge(self, a: Acc, b: Acc) -> Acc:
         """The accumulator of two sessions that merged (``a`` is the earlier one)."""
         raise NotImplementedError(
             f"{type(self).__name__} uses session windows, which merge: a record can join two sessions "
             f"of a key into one, and their accumulators must then be combined. Implement "
-            f"merge(self, a, b) -> accumulator in {type(self).__name__}.")
+            f"merge(self, a, b) -> accumulator in {type(self).__name__}."
+        )
 
     def late(self, ctx: Context, record: Record) -> None:
         """A record too late even for allowed lateness: all its windows were dropped.
@@ -278,8 +287,10 @@ class WindowedAggregation(Computation, Generic[Acc]):
     def _assigner(self) -> WindowAssigner:
         w = getattr(self, "windows", None)
         if not isinstance(w, WindowAssigner):
-            raise TypeError(f"{type(self).__name__}.windows must be Tumbling(...), Sliding(...) or Session(...), "
-                            f"got {w!r}")
+            raise TypeError(
+                f"{type(self).__name__}.windows must be Tumbling(...), Sliding(...) or Session(...), "
+                f"got {w!r}"
+            )
         return w
 
     def process_record(self, ctx: Context, record: Record) -> None:
@@ -349,11 +360,23 @@ class WindowedAggregation(Computation, Generic[Acc]):
                 return
         del ctx.state[timer.tag]
         if assigner.merging:
-            left = tuple((s, e) for s, e in ctx.state.get(SESSIONS, ()) if (s, e) != (window.start, window.end))  # type: ignore[union-attr]
+            left = tuple(
+                (s, e)
+                for s, e in ctx.state.get(SESSIONS, ())
+                if (s, e) != (window.start, window.end)
+            )  # type: ignore[union-attr]
             if left:
                 ctx.state[SESSIONS] = left
             elif SESSIONS in ctx.state:
                 del ctx.state[SESSIONS]
 
 
-__all__ = ["Session", "Sliding", "Tumbling", "Window", "WindowAssigner", "WindowedAggregation", "merge_sessions"]
+__all__ = [
+    "Session",
+    "Sliding",
+    "Tumbling",
+    "Window",
+    "WindowAssigner",
+    "WindowedAggregation",
+    "merge_sessions",
+]

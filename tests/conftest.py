@@ -82,7 +82,10 @@ def registry_env(schema_registry) -> dict[str, str]:
     from kwheel import registry
 
     registry.configure(schema_registry.url, "kwheel:r3g-s3cret")
-    yield {"KWHEEL_SCHEMA_REGISTRY_URL": schema_registry.url, "KWHEEL_SCHEMA_REGISTRY_AUTH": "kwheel:r3g-s3cret"}
+    yield {
+        "KWHEEL_SCHEMA_REGISTRY_URL": schema_registry.url,
+        "KWHEEL_SCHEMA_REGISTRY_AUTH": "kwheel:r3g-s3cret",
+    }
     registry.configure(None)
 
 
@@ -104,13 +107,30 @@ def workers(kafka, tmp_path):
     """Factory for worker processes; every one still running is stopped after the test."""
     started: list[WorkerProcess] = []
 
-    def make(ref: str, pipeline_name: str, slot: str | None = None, state_dir: Path | None = None,
-             args: list[str] | None = None, tag: str | None = None, env: dict[str, str] | None = None) -> WorkerProcess:
+    def make(
+        ref: str,
+        pipeline_name: str,
+        slot: str | None = None,
+        state_dir: Path | None = None,
+        args: list[str] | None = None,
+        tag: str | None = None,
+        env: dict[str, str] | None = None,
+    ) -> WorkerProcess:
         tag = tag or slot or f"w{len(started)}"
-        env = {"KWHEEL_TEST_PIPELINE": pipeline_name, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-               **(env or {})}
-        w = WorkerProcess(ref, kafka.bootstrap, state_dir or tmp_path / f"state-{tag}", tmp_path / f"{tag}.log",
-                          slot=slot, extra_args=args, env=env)
+        env = {
+            "KWHEEL_TEST_PIPELINE": pipeline_name,
+            "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+            **(env or {}),
+        }
+        w = WorkerProcess(
+            ref,
+            kafka.bootstrap,
+            state_dir or tmp_path / f"state-{tag}",
+            tmp_path / f"{tag}.log",
+            slot=slot,
+            extra_args=args,
+            env=env,
+        )
         started.append(w)
         return w.start()
 

@@ -21,11 +21,19 @@ def setup_topics(bootstrap: str, pipeline: Pipeline) -> None:
 
 def make_events(n: int, keys: int, seed_offset: int = 0, **extra) -> list[tuple[str, dict]]:
     """``n`` events over ``keys`` users (user u{i % keys}), each with a sequence number."""
-    return [(f"u{i % keys}", {"user": f"u{i % keys}", "seq": i + seed_offset, **extra}) for i in range(n)]
+    return [
+        (f"u{i % keys}", {"user": f"u{i % keys}", "seq": i + seed_offset, **extra})
+        for i in range(n)
+    ]
 
 
-def inject(bootstrap: str, pipeline: Pipeline, events: list[tuple[str, dict]], stream: str = "events",
-           ids: list[bytes] | None = None) -> list[bytes]:
+def inject(
+    bootstrap: str,
+    pipeline: Pipeline,
+    events: list[tuple[str, dict]],
+    stream: str = "events",
+    ids: list[bytes] | None = None,
+) -> list[bytes]:
     """Send events with current timestamps; return their record ids."""
     now = int(time.time() * 1000)
     out = []
@@ -43,7 +51,9 @@ def count_outputs(bootstrap: str, topic: str) -> int:
     return len(read_committed(bootstrap, topic))
 
 
-def check_exact_counts(bootstrap: str, topic: str, expected: Counter, key_field: str = "key") -> list:
+def check_exact_counts(
+    bootstrap: str, topic: str, expected: Counter, key_field: str = "key"
+) -> list:
     """Each key's outputs are exactly 1..n, once each, with n its reference count; ids unique."""
     records = read_committed(bootstrap, topic)
     ids = [r.id for r in records]
@@ -52,9 +62,13 @@ def check_exact_counts(bootstrap: str, topic: str, expected: Counter, key_field:
     for r in records:
         v = json.loads(r.value)
         seen[v[key_field]].append(v["count"])
-    assert set(seen) == set(expected), f"keys differ: extra {set(seen) - set(expected)}, missing {set(expected) - set(seen)}"
+    assert set(seen) == set(expected), (
+        f"keys differ: extra {set(seen) - set(expected)}, missing {set(expected) - set(seen)}"
+    )
     for k, n in expected.items():
-        assert sorted(seen[k]) == list(range(1, n + 1)), f"key {k}: counts {sorted(seen[k])[:10]}... expected 1..{n}"
+        assert sorted(seen[k]) == list(range(1, n + 1)), (
+            f"key {k}: counts {sorted(seen[k])[:10]}... expected 1..{n}"
+        )
     return records
 
 
@@ -71,7 +85,14 @@ def committed_total(bootstrap: str, group: str, topic: str, partitions: int) -> 
     """Sum of the group's committed offsets on ``topic``: cheap progress for polling."""
     from confluent_kafka import Consumer, TopicPartition
 
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False, "log_level": 0})
+    c = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": group,
+            "enable.auto.commit": False,
+            "log_level": 0,
+        }
+    )
     try:
         parts = c.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=10)
         return sum(max(tp.offset, 0) for tp in parts)
@@ -102,7 +123,9 @@ def read_controls(bootstrap: str, pipeline_name: str):
     from kwheel.watermarks.upstream import WatermarkTable
 
     table = WatermarkTable()
-    controls = [Control.decode(r.value) for r in read_committed(bootstrap, f"{pipeline_name}.watermarks")]
+    controls = [
+        Control.decode(r.value) for r in read_committed(bootstrap, f"{pipeline_name}.watermarks")
+    ]
     return [c for c in controls if table.add(c)]
 
 
@@ -115,7 +138,9 @@ def latest_watermark(bootstrap: str, pipeline_name: str, prefix: str) -> int:
     return min(latest.values()) if latest else -(2**63)
 
 
-def records_behind_a_usable_watermark(bootstrap: str, pipeline: Pipeline, computation: str) -> list[str]:
+def records_behind_a_usable_watermark(
+    bootstrap: str, pipeline: Pipeline, computation: str
+) -> list[str]:
     """Committed input records of ``computation`` that a reader could have found behind the
     watermark it was allowed to use: each would have reached it late.
 
@@ -137,7 +162,9 @@ def records_behind_a_usable_watermark(bootstrap: str, pipeline: Pipeline, comput
         up = Upstream(pipeline, computation, p)
         producers = {pid for f in up.feeds for pid in f.tasks}
         injected = {f.stream for f in up.feeds if f.injected}
-        producers |= {c.producer for c in controls if c.kind == INJECTOR and injected & set(c.streams)}
+        producers |= {
+            c.producer for c in controls if c.kind == INJECTOR and injected & set(c.streams)
+        }
         for topic in up.input_topics:
             # per producer: (needed offset on (topic, p), best watermark from there on), ascending
             steps: dict[str, list[tuple[int, int]]] = {pid: [] for pid in producers}
@@ -157,8 +184,20 @@ def records_behind_a_usable_watermark(bootstrap: str, pipeline: Pipeline, comput
                 if r.partition != p or (r.id is not None and r.id in seen):
                     continue  # a copy of a record already read is dropped by id, never processed
                 seen.add(r.id)
-                usable = min((s[i][1] if (i := bisect.bisect_right(s, (r.offset, END)) - 1) >= 0 else -(2**63))
-                             for s in steps.values()) if steps else -(2**63)
+                usable = (
+                    min(
+                        (
+                            s[i][1]
+                            if (i := bisect.bisect_right(s, (r.offset, END)) - 1) >= 0
+                            else -(2**63)
+                        )
+                        for s in steps.values()
+                    )
+                    if steps
+                    else -(2**63)
+                )
                 if r.timestamp < usable:
-                    bad.append(f"{topic}[{p}]@{r.offset} at {r.timestamp} is behind the usable watermark {usable}")
+                    bad.append(
+                        f"{topic}[{p}]@{r.offset} at {r.timestamp} is behind the usable watermark {usable}"
+                    )
     return bad

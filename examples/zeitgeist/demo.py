@@ -46,8 +46,12 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=7)
     args = ap.parse_args()
     traffic = Traffic(seed=args.seed, queries=args.queries, seconds=args.seconds)
-    env = {"KWHEEL_ZEITGEIST_SEED": str(args.seed), "KWHEEL_ZEITGEIST_QUERIES": str(args.queries),
-           "KWHEEL_ZEITGEIST_SECONDS": str(args.seconds), "KWHEEL_ZEITGEIST_START_MS": str(traffic.start_ms)}
+    env = {
+        "KWHEEL_ZEITGEIST_SEED": str(args.seed),
+        "KWHEEL_ZEITGEIST_QUERIES": str(args.queries),
+        "KWHEEL_ZEITGEIST_SECONDS": str(args.seconds),
+        "KWHEEL_ZEITGEIST_START_MS": str(traffic.start_ms),
+    }
     pipeline = build("zeitgeist", traffic)
     work = tempfile.mkdtemp(prefix="kwheel-zeitgeist-")
     with EmbeddedBroker(data_dir=f"{work}/broker") as broker:
@@ -57,9 +61,24 @@ def main() -> int:
         print(f"created {len(pipeline.topics())} topics for pipeline 'zeitgeist'")
         log = open(f"{work}/workers.log", "w")
         workers = subprocess.Popen(
-            [sys.executable, "-m", "kwheel", "worker", REF, "--processes", "2", "--slot", "demo",
-             "-b", broker.bootstrap, "--state-dir", f"{work}/state"],
-            stdout=log, stderr=log, env={**os.environ, **env},
+            [
+                sys.executable,
+                "-m",
+                "kwheel",
+                "worker",
+                REF,
+                "--processes",
+                "2",
+                "--slot",
+                "demo",
+                "-b",
+                broker.bootstrap,
+                "--state-dir",
+                f"{work}/state",
+            ],
+            stdout=log,
+            stderr=log,
+            env={**os.environ, **env},
         )
         print(f"started 2 worker processes (log: {work}/workers.log)\n")
         table = WatermarkTable()
@@ -70,8 +89,15 @@ def main() -> int:
         started = time.monotonic()
 
         def model_watermark() -> int:
-            latest = [table.latest(f"task:model/{p}") for p in range(pipeline.computations["model"].partitions)]
-            return min((c.watermark for c in latest if c), default=MIN_WATERMARK) if all(latest) else MIN_WATERMARK
+            latest = [
+                table.latest(f"task:model/{p}")
+                for p in range(pipeline.computations["model"].partitions)
+            ]
+            return (
+                min((c.watermark for c in latest if c), default=MIN_WATERMARK)
+                if all(latest)
+                else MIN_WATERMARK
+            )
 
         def show(inj=None, force=False) -> None:
             reader.poll(0)
@@ -80,9 +106,11 @@ def main() -> int:
                 return
             last_print[0] = time.monotonic()
             sent = f"{inj.sent:>8} records in" if inj else " " * 19
-            print(f"  {time.monotonic() - started:5.1f}s {sent}   injector watermark "
-                  f"{_clock(inj.watermark) if inj else '-':>12}   model watermark {_clock(model_watermark()):>12}"
-                  f"   anomalies found {len(anomalies):>3}")
+            print(
+                f"  {time.monotonic() - started:5.1f}s {sent}   injector watermark "
+                f"{_clock(inj.watermark) if inj else '-':>12}   model watermark {_clock(model_watermark()):>12}"
+                f"   anomalies found {len(anomalies):>3}"
+            )
 
         for k, v in env.items():
             os.environ[k] = v
@@ -90,7 +118,10 @@ def main() -> int:
         deadline = time.monotonic() + 300
         while model_watermark() != MAX_WATERMARK:
             if workers.poll() is not None:
-                print(f"the workers exited with {workers.returncode}; see {work}/workers.log", file=sys.stderr)
+                print(
+                    f"the workers exited with {workers.returncode}; see {work}/workers.log",
+                    file=sys.stderr,
+                )
                 return 1
             if time.monotonic() > deadline:
                 print("timed out waiting for the pipeline to finish", file=sys.stderr)
@@ -105,17 +136,23 @@ def main() -> int:
 
     _, planted = traffic.plan()
     print(f"\n{len(anomalies)} anomalous windows found in {time.monotonic() - started:.1f}s:\n")
-    print(f"  {'query':<12} {'kind':<6} {'window':<9} {'count':>6} {'expected':>9} {'magnitude':>10}")
+    print(
+        f"  {'query':<12} {'kind':<6} {'window':<9} {'count':>6} {'expected':>9} {'magnitude':>10}"
+    )
     for a in sorted(anomalies, key=lambda a: (a["start"], a["query"])):
-        print(f"  {a['query']:<12} {a['kind']:<6} {_clock(a['start']):<9} {a['count']:>6} {a['expected']:>9} "
-              f"{a['magnitude'] if a['magnitude'] is not None else '-':>10}")
+        print(
+            f"  {a['query']:<12} {a['kind']:<6} {_clock(a['start']):<9} {a['count']:>6} {a['expected']:>9} "
+            f"{a['magnitude'] if a['magnitude'] is not None else '-':>10}"
+        )
     found = {(a["query"], a["kind"], a["start"]) for a in anomalies}
     hits = [p for p in planted if all((p.query, p.kind, s) in found for s in p.window_starts)]
     planted_windows = {(p.query, p.kind, s) for p in planted for s in p.window_starts}
     extra = found - planted_windows
-    print(f"\nplanted: {len(planted)} anomalies ({sum(p.kind == 'spike' for p in planted)} spikes, "
-          f"{sum(p.kind == 'dip' for p in planted)} dips); found all windows of {len(hits)}; "
-          f"{len(extra)} other windows flagged")
+    print(
+        f"\nplanted: {len(planted)} anomalies ({sum(p.kind == 'spike' for p in planted)} spikes, "
+        f"{sum(p.kind == 'dip' for p in planted)} dips); found all windows of {len(hits)}; "
+        f"{len(extra)} other windows flagged"
+    )
     return 0 if len(hits) == len(planted) and rc == 0 else 1
 
 

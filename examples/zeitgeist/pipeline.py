@@ -58,6 +58,7 @@ def classify(count: int, expected: float) -> str | None:
 
 def _tail(count: int, lam: float, upper: bool) -> float:
     """P(X >= count) or P(X <= count) for X ~ Poisson(lam)."""
+
     def pmf(k: int) -> float:
         return math.exp(k * math.log(lam) - lam - math.lgamma(k + 1))
 
@@ -94,12 +95,25 @@ class TrafficModel(Computation):
         mean = ctx.state.get("mean", 0.0)
         kind = classify(count, mean) if n >= WARMUP_WINDOWS else None
         if kind:
-            ctx.produce("anomalies", ctx.key, {
-                "query": ctx.key, "kind": kind, "start": start, "count": count,
-                "expected": round(mean, 1), "magnitude": round(count / mean, 2) if mean else None,
-            }, start + WINDOW_MS)
+            ctx.produce(
+                "anomalies",
+                ctx.key,
+                {
+                    "query": ctx.key,
+                    "kind": kind,
+                    "start": start,
+                    "count": count,
+                    "expected": round(mean, 1),
+                    "magnitude": round(count / mean, 2) if mean else None,
+                },
+                start + WINDOW_MS,
+            )
         else:  # anomalies do not teach the model what normal looks like
-            mean = mean + (count - mean) / (n + 1) if n < WARMUP_WINDOWS else (1 - ALPHA) * mean + ALPHA * count
+            mean = (
+                mean + (count - mean) / (n + 1)
+                if n < WARMUP_WINDOWS
+                else (1 - ALPHA) * mean + ALPHA * count
+            )
             ctx.state["mean"] = mean
             ctx.state["n"] = n + 1
         ctx.state["last"] = start
@@ -111,7 +125,12 @@ def build(name: str = "zeitgeist", traffic: Traffic | None = None, partitions: i
     p.stream("queries", partitions=partitions, value="json")
     p.stream("counts", partitions=partitions, value="json")
     p.stream("anomalies", partitions=1, value="json")
-    p.injector("queries", lambda: Synthetic(traffic.records), outputs=["queries"], disorder_ms=traffic.disorder_ms)
+    p.injector(
+        "queries",
+        lambda: Synthetic(traffic.records),
+        outputs=["queries"],
+        disorder_ms=traffic.disorder_ms,
+    )
     p.computation("window_counter", QueryCounter, inputs=["queries"], outputs=["counts"])
     p.computation("model", TrafficModel, inputs=["counts"], outputs=["anomalies"])
     return p
@@ -120,8 +139,11 @@ def build(name: str = "zeitgeist", traffic: Traffic | None = None, partitions: i
 def _from_env() -> Pipeline:
     """The pipeline as configured by KWHEEL_ZEITGEIST_* (the demo and tests set them)."""
     env = os.environ
-    kw = {k: int(env[f"KWHEEL_ZEITGEIST_{k.upper()}"]) for k in ("seed", "queries", "seconds", "start_ms", "spikes", "dips")
-          if f"KWHEEL_ZEITGEIST_{k.upper()}" in env}
+    kw = {
+        k: int(env[f"KWHEEL_ZEITGEIST_{k.upper()}"])
+        for k in ("seed", "queries", "seconds", "start_ms", "spikes", "dips")
+        if f"KWHEEL_ZEITGEIST_{k.upper()}" in env
+    }
     return build(env.get("KWHEEL_ZEITGEIST_NAME", "zeitgeist"), Traffic(**kw))
 
 

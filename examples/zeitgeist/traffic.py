@@ -57,12 +57,19 @@ class Traffic:
         """Base rate per query and the planted anomalies."""
         if self._plan is None:
             rng = random.Random(self.seed)
-            rates = {self.query(i): rng.uniform(self.min_rate, self.max_rate) for i in range(self.queries)}
+            rates = {
+                self.query(i): rng.uniform(self.min_rate, self.max_rate)
+                for i in range(self.queries)
+            }
             chosen = rng.sample(sorted(rates), self.spikes + self.dips)
             last = self.seconds - self.anomaly_windows - 5
             anomalies = [
-                Anomaly(q, "spike" if i < self.spikes else "dip",
-                        self.start_ms + rng.randrange(self.warmup_s, last) * 1000, self.anomaly_windows)
+                Anomaly(
+                    q,
+                    "spike" if i < self.spikes else "dip",
+                    self.start_ms + rng.randrange(self.warmup_s, last) * 1000,
+                    self.anomaly_windows,
+                )
                 for i, q in enumerate(chosen)
             ]
             self._plan = (rates, anomalies)

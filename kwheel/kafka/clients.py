@@ -125,10 +125,16 @@ def wait_for_broker(cfg: WorkerConfig, timeout_s: float | None = None) -> AdminC
             last = e.args[0].str() if e.args else str(e)
         now = time.monotonic()
         if now >= deadline:
-            raise BrokerError(f"cannot reach Kafka at {cfg.bootstrap_servers} within {timeout_s:g}s ({last})")
+            raise BrokerError(
+                f"cannot reach Kafka at {cfg.bootstrap_servers} within {timeout_s:g}s ({last})"
+            )
         if now - said >= 5.0:  # say so at once, then every few seconds
-            log.warning("waiting for Kafka at %s (%s): retrying for another %.0fs",
-                        cfg.bootstrap_servers, last, deadline - now)
+            log.warning(
+                "waiting for Kafka at %s (%s): retrying for another %.0fs",
+                cfg.bootstrap_servers,
+                last,
+                deadline - now,
+            )
             said = now
         time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
         delay = min(delay * 2, 2.0)

@@ -12,7 +12,7 @@ def murmur2(data: bytes) -> int:
     h = (0x9747B28C ^ len(data)) & _MASK
     n4 = len(data) & ~3
     for i in range(0, n4, 4):
-        k = (int.from_bytes(data[i:i + 4], "little") * _M) & _MASK
+        k = (int.from_bytes(data[i : i + 4], "little") * _M) & _MASK
         k ^= k >> 24
         k = (k * _M) & _MASK
         h = ((h * _M) & _MASK) ^ k

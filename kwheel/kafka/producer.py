@@ -30,7 +30,14 @@ class StreamProducer:
         conf["error_cb"] = lambda err: self._errors.append(err.str())
         self._producer = Producer(conf)
 
-    def send(self, stream: str, key: Key, value: object, timestamp: int | None = None, id: bytes | None = None) -> bytes:
+    def send(
+        self,
+        stream: str,
+        key: Key,
+        value: object,
+        timestamp: int | None = None,
+        id: bytes | None = None,
+    ) -> bytes:
         rid = id or new_id()
         ts = int(time.time() * 1000) if timestamp is None else int(timestamp)
         send(self._producer, self._writer.encode(stream, key, value, ts, rid))
@@ -39,7 +46,9 @@ class StreamProducer:
     def flush(self, timeout_s: float = 30.0) -> None:
         left = self._producer.flush(timeout_s)
         if left:
-            raise BrokerError(f"{left} records not delivered within {timeout_s:g}s ({'; '.join(self._errors[-3:])})")
+            raise BrokerError(
+                f"{left} records not delivered within {timeout_s:g}s ({'; '.join(self._errors[-3:])})"
+            )
 
     def close(self) -> None:
         self.flush()

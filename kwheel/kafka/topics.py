@@ -43,10 +43,12 @@ def check_topics(client: AdminClient, pipeline: Pipeline) -> None:
         raise TopicMismatchError(
             f"pipeline {pipeline.name!r}: missing topics {', '.join(sorted(missing))} (run: kwheel topics create)"
         )
-    for name, (parts, conf) in need.items():
+    for name, (parts, _conf) in need.items():
         have = len(existing[name].partitions)
         if have != parts:
-            raise TopicMismatchError(f"topic {name!r} has {have} partitions, pipeline {pipeline.name!r} needs {parts}")
+            raise TopicMismatchError(
+                f"topic {name!r} has {have} partitions, pipeline {pipeline.name!r} needs {parts}"
+            )
     compacted = [n for n, (_, c) in need.items() if c.get("cleanup.policy") == "compact"]
     if compacted:
         futs = client.describe_configs([ConfigResource("topic", n) for n in compacted])

@@ -32,12 +32,16 @@ class StreamWriter:
         }
         self._placement = _placements(pipeline)
 
-    def encode(self, stream: str, key: Key, value: object, timestamp: int, rid: bytes) -> list[Message]:
+    def encode(
+        self, stream: str, key: Key, value: object, timestamp: int, rid: bytes
+    ) -> list[Message]:
         """Encode one record for all its routes; raise SerdeError/PipelineError on bad input."""
         try:
             s, routes = self._streams[stream]
         except KeyError:
-            raise PipelineError(f"cannot produce to {stream!r}: not an output of this computation") from None
+            raise PipelineError(
+                f"cannot produce to {stream!r}: not an output of this computation"
+            ) from None
         try:
             kb = s.key_serde.encode(key)
         except SerdeError as e:
@@ -47,10 +51,21 @@ class StreamWriter:
         except SerdeError as e:
             raise SerdeError(f"value for stream {stream!r}: {e}") from None
         if len(kb) + len(vb) > MAX_RECORD_BYTES:
-            raise SerdeError(f"record for stream {stream!r} is {len(kb) + len(vb)} bytes, over the "
-                             f"{MAX_RECORD_BYTES}-byte limit")
+            raise SerdeError(
+                f"record for stream {stream!r} is {len(kb) + len(vb)} bytes, over the "
+                f"{MAX_RECORD_BYTES}-byte limit"
+            )
         place = self._placement.get(routes[0].topic)  # a re-keying stage's output (rekey.py)
-        out = [(routes[0].topic, kb, vb, timestamp, rid, -1 if place is None else partition_for(place[0](key), place[1]))]
+        out = [
+            (
+                routes[0].topic,
+                kb,
+                vb,
+                timestamp,
+                rid,
+                -1 if place is None else partition_for(place[0](key), place[1]),
+            )
+        ]
         for route in routes[1:]:
             new_key = route.key_by(Record(key, value, timestamp, rid, stream))  # type: ignore[misc]
             place = self._placement.get(route.topic)
@@ -86,7 +101,9 @@ def send(producer: Producer, messages: list[Message]) -> None:
     for topic, kb, vb, ts, rid, partition in messages:
         while True:
             try:
-                produce(topic, vb, kb, partition=partition, timestamp=ts, headers=[(ID_HEADER, rid)])
+                produce(
+                    topic, vb, kb, partition=partition, timestamp=ts, headers=[(ID_HEADER, rid)]
+                )
                 break
             except BufferError:
                 producer.poll(0.05)

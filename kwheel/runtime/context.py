@@ -90,8 +90,18 @@ class TaskContext:
     ``outputs`` collects the encoded outputs of every call of the batch until the task hands
     them to Kafka; the task truncates it back when a call fails."""
 
-    __slots__ = ("key", "state", "_writer", "_parent_id", "_n", "outputs", "_default_ts", "low_watermark",
-                 "_keytag", "timer_ops")
+    __slots__ = (
+        "key",
+        "state",
+        "_writer",
+        "_parent_id",
+        "_n",
+        "outputs",
+        "_default_ts",
+        "low_watermark",
+        "_keytag",
+        "timer_ops",
+    )
 
     def __init__(self, writer: StreamWriter):
         self._writer = writer
@@ -106,7 +116,9 @@ class TaskContext:
         #: the task's input low watermark (ms): every record older than this was processed
         self.low_watermark = -(2**63)
 
-    def begin(self, key: Key, keytag: bytes, state: KeyState, parent_id: bytes, default_ts: int) -> None:
+    def begin(
+        self, key: Key, keytag: bytes, state: KeyState, parent_id: bytes, default_ts: int
+    ) -> None:
         self.key = key
         self._keytag = keytag
         self.state = state

@@ -18,8 +18,15 @@ log = logging.getLogger("kwheel.inject")
 PUBLISH_INTERVAL_S = 0.2
 
 
-def run_injector(pipeline: Pipeline, name: str, cfg: WorkerConfig, instance: int = 0, instances: int = 1,
-                 progress: Callable[[Injector], None] | None = None, final: bool = True) -> Injector:
+def run_injector(
+    pipeline: Pipeline,
+    name: str,
+    cfg: WorkerConfig,
+    instance: int = 0,
+    instances: int = 1,
+    progress: Callable[[Injector], None] | None = None,
+    final: bool = True,
+) -> Injector:
     """Run until the source finishes or SIGTERM/SIGINT, then publish the watermark reached.
 
     When the source finished and ``final`` is set, the watermark says the stream ended:
@@ -28,7 +35,9 @@ def run_injector(pipeline: Pipeline, name: str, cfg: WorkerConfig, instance: int
     spec = pipeline.injectors.get(name)
     if spec is None:
         known = ", ".join(pipeline.injectors) or "none"
-        raise ConfigError(f"unknown injector {name!r} in pipeline {pipeline.name!r} (declared: {known})")
+        raise ConfigError(
+            f"unknown injector {name!r} in pipeline {pipeline.name!r} (declared: {known})"
+        )
     if not 0 <= instance < instances:
         raise ConfigError(f"injector instance must be in 0..{instances - 1}, got {instance}")
     stop = []
@@ -36,7 +45,9 @@ def run_injector(pipeline: Pipeline, name: str, cfg: WorkerConfig, instance: int
         signal.signal(sig, lambda *_: stop.append(True))
     source = spec.source()
     source.open(SourceEnv(pipeline.name, name, instance, instances, cfg))
-    inj = Injector(pipeline, name, spec.outputs, cfg, instance=str(instance), publish_interval_ms=None)
+    inj = Injector(
+        pipeline, name, spec.outputs, cfg, instance=str(instance), publish_interval_ms=None
+    )
     policy = BoundedDisorder(spec.disorder_ms)
     default_stream = spec.outputs[0]
     finished = False
@@ -64,5 +75,10 @@ def run_injector(pipeline: Pipeline, name: str, cfg: WorkerConfig, instance: int
             progress(inj)
     finally:
         source.close()
-    log.info("injector %s: sent %d records%s", inj.producer_id, inj.sent, " (finished)" if finished else "")
+    log.info(
+        "injector %s: sent %d records%s",
+        inj.producer_id,
+        inj.sent,
+        " (finished)" if finished else "",
+    )
     return inj

@@ -28,16 +28,34 @@ log = logging.getLogger("kwheel.metrics")
 TASK_LABELS = ("pipeline", "computation", "partition")
 # TaskCounters field -> (counter name, help)
 COUNTERS = {
-    "consumed": ("kwheel_records_in_total", "Input records read by the task (duplicates and replays after an abort included)."),
+    "consumed": (
+        "kwheel_records_in_total",
+        "Input records read by the task (duplicates and replays after an abort included).",
+    ),
     "processed": ("kwheel_records_processed_total", "Input records processed."),
     "produced": ("kwheel_records_out_total", "Records sent to output streams."),
-    "duplicates": ("kwheel_duplicates_dropped_total", "Input records dropped because their id was seen before."),
-    "late": ("kwheel_late_records_total", "Input records processed with a timestamp below the input watermark."),
-    "dead_lettered": ("kwheel_dead_lettered_total", "Records and timers sent to the dead-letter stream."),
+    "duplicates": (
+        "kwheel_duplicates_dropped_total",
+        "Input records dropped because their id was seen before.",
+    ),
+    "late": (
+        "kwheel_late_records_total",
+        "Input records processed with a timestamp below the input watermark.",
+    ),
+    "dead_lettered": (
+        "kwheel_dead_lettered_total",
+        "Records and timers sent to the dead-letter stream.",
+    ),
     "timers_fired": ("kwheel_timers_fired_total", "Timers fired."),
     "commits": ("kwheel_commits_total", "Transactions committed."),
-    "aborts": ("kwheel_transaction_aborts_total", "Transactions aborted (their batch is replayed)."),
-    "restored": ("kwheel_restored_records_total", "Changelog records replayed into the local store when the task opened."),
+    "aborts": (
+        "kwheel_transaction_aborts_total",
+        "Transactions aborted (their batch is replayed).",
+    ),
+    "restored": (
+        "kwheel_restored_records_total",
+        "Changelog records replayed into the local store when the task opened.",
+    ),
 }
 # Seconds: from a few ms (an idle tick) to far past the default 100 ms commit interval.
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -53,10 +71,20 @@ class WorkerMetrics:
         self.lag: dict[tuple[str, int], int] = {}  # (computation, partition) -> records behind
         self.registry = CollectorRegistry(auto_describe=False)
         labels = ["pipeline", "computation"]
-        self.batch = Histogram("kwheel_batch_duration_seconds", "From the first record or timer of a transaction to its commit.",
-                               labels, registry=self.registry, buckets=BUCKETS)
-        self.commit = Histogram("kwheel_commit_duration_seconds", "Time to commit one task's transaction and apply it to RocksDB.",
-                                labels, registry=self.registry, buckets=BUCKETS)
+        self.batch = Histogram(
+            "kwheel_batch_duration_seconds",
+            "From the first record or timer of a transaction to its commit.",
+            labels,
+            registry=self.registry,
+            buckets=BUCKETS,
+        )
+        self.commit = Histogram(
+            "kwheel_commit_duration_seconds",
+            "Time to commit one task's transaction and apply it to RocksDB.",
+            labels,
+            registry=self.registry,
+            buckets=BUCKETS,
+        )
         self.registry.register(_TaskCollector(self))
         self._server = None
 
@@ -72,7 +100,9 @@ class WorkerMetrics:
         for p in list(runner.tasks):
             behind, known = 0, False
             for topic in runner.topics:
-                _, high = runner.consumer.get_watermark_offsets(TopicPartition(topic, p), cached=True)
+                _, high = runner.consumer.get_watermark_offsets(
+                    TopicPartition(topic, p), cached=True
+                )
                 if high is None or high < 0:
                     continue
                 known = True
@@ -88,7 +118,9 @@ class WorkerMetrics:
         try:
             self._server, _ = start_http_server(port, addr=host, registry=self.registry)
         except OSError as e:
-            raise ConfigError(f"metrics_port {port} on {host}: cannot listen: {e.strerror or e}") from None
+            raise ConfigError(
+                f"metrics_port {port} on {host}: cannot listen: {e.strerror or e}"
+            ) from None
         bound = self._server.server_port
         log.info("metrics on http://%s:%d/metrics", host if ":" not in host else f"[{host}]", bound)
         return bound
@@ -108,21 +140,40 @@ class _TaskCollector(Collector):
 
     def collect(self) -> Iterator:
         m = self.m
-        counters = {f: CounterMetricFamily(n, h, labels=TASK_LABELS) for f, (n, h) in COUNTERS.items()}
+        counters = {
+            f: CounterMetricFamily(n, h, labels=TASK_LABELS) for f, (n, h) in COUNTERS.items()
+        }
         gauge = lambda name, doc: GaugeMetricFamily(name, doc, labels=TASK_LABELS)  # noqa: E731
-        lag = gauge("kwheel_consumer_lag_records", "Input records after the task's position (high watermark minus "
-                                                   "position, summed over its input topics; markers counted).")
-        low = gauge("kwheel_low_watermark_timestamp_seconds", "The low watermark the task publishes (min of its input "
-                                                              "watermark and pending event timers), +Inf once its inputs ended.")
-        inw = gauge("kwheel_input_watermark_timestamp_seconds", "The task's input watermark, +Inf once its inputs ended.")
+        lag = gauge(
+            "kwheel_consumer_lag_records",
+            "Input records after the task's position (high watermark minus "
+            "position, summed over its input topics; markers counted).",
+        )
+        low = gauge(
+            "kwheel_low_watermark_timestamp_seconds",
+            "The low watermark the task publishes (min of its input "
+            "watermark and pending event timers), +Inf once its inputs ended.",
+        )
+        inw = gauge(
+            "kwheel_input_watermark_timestamp_seconds",
+            "The task's input watermark, +Inf once its inputs ended.",
+        )
         wlag = gauge("kwheel_watermark_lag_seconds", "Wall clock minus the task's low watermark.")
         timers = gauge("kwheel_pending_timers", "Timers set and not yet fired.")
-        restore = gauge("kwheel_restore_remaining_records", "Changelog offsets still to replay before the task is "
-                                                            "ready (0 once restored).")
-        tasks = GaugeMetricFamily("kwheel_tasks", "Tasks this process runs (restoring ones included).",
-                                  labels=("pipeline", "computation"))
-        info = GaugeMetricFamily("kwheel_worker_info", "Always 1: the worker's slot and kwheel version.",
-                                 labels=("pipeline", "slot", "version"))
+        restore = gauge(
+            "kwheel_restore_remaining_records",
+            "Changelog offsets still to replay before the task is ready (0 once restored).",
+        )
+        tasks = GaugeMetricFamily(
+            "kwheel_tasks",
+            "Tasks this process runs (restoring ones included).",
+            labels=("pipeline", "computation"),
+        )
+        info = GaugeMetricFamily(
+            "kwheel_worker_info",
+            "Always 1: the worker's slot and kwheel version.",
+            labels=("pipeline", "slot", "version"),
+        )
         info.add_metric((m.pipeline, m.slot, __version__), 1)
         now = time.time()
         for runner in list(m.runners):
@@ -137,7 +188,9 @@ class _TaskCollector(Collector):
                 c = task.counters
                 for f, family in counters.items():
                     family.add_metric(labels, getattr(c, f))
-                restore.add_metric(labels, max(0, c.restore_total - c.restored) if task is opening else 0)
+                restore.add_metric(
+                    labels, max(0, c.restore_total - c.restored) if task is opening else 0
+                )
                 timers.add_metric(labels, task.timers.pending)
                 behind = m.lag.get((name, p))  # the worker's thread may drop it meanwhile
                 if behind is not None:

@@ -37,8 +37,15 @@ log = logging.getLogger("kwheel.worker")
 class ComputationRunner:
     """Consumes the computation's input topics and drives one Task per assigned partition."""
 
-    def __init__(self, pipeline: Pipeline, computation: str, cfg: WorkerConfig,
-                 table: WatermarkTable, publisher: WatermarkPublisher, catch_up: Callable[[], None]):
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        computation: str,
+        cfg: WorkerConfig,
+        table: WatermarkTable,
+        publisher: WatermarkPublisher,
+        catch_up: Callable[[], None],
+    ):
         self.pipeline = pipeline
         self.spec = pipeline.computations[computation]
         self.cfg = cfg
@@ -51,8 +58,12 @@ class ComputationRunner:
         if self.spec.dead_letter:
             out_topics.append(pipeline.streams[self.spec.dead_letter].topic)
         parts = pipeline.topics()
-        self.output_partitions = [(t, p) for t in dict.fromkeys(out_topics) for p in range(parts[t][0])]
-        self.streams_out = list(self.spec.outputs) + ([self.spec.dead_letter] if self.spec.dead_letter else [])
+        self.output_partitions = [
+            (t, p) for t in dict.fromkeys(out_topics) for p in range(parts[t][0])
+        ]
+        self.streams_out = list(self.spec.outputs) + (
+            [self.spec.dead_letter] if self.spec.dead_letter else []
+        )
         self._committed: dict[tuple[str, int], int] = {}
         self._published: dict[int, tuple[int, float]] = {}  # partition -> (watermark, when)
         instance = f"{cfg.slot}" if cfg.slot else None
@@ -65,7 +76,9 @@ class ComputationRunner:
         self._open = False  # some task has an uncommitted batch
         self._pool: ThreadPoolExecutor | None = None  # commits tasks in parallel
         self._fatal: Exception | None = None
-        self.consumer.subscribe(self.topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost)
+        self.consumer.subscribe(
+            self.topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
+        )
 
     # ---- group membership --------------------------------------------------------------
     def _on_assign(self, consumer: Consumer, parts: list[TopicPartition]) -> None:
@@ -79,8 +92,12 @@ class ComputationRunner:
                 # fences the previous owners first: the offsets below are final
                 self.opening = task
                 try:
-                    task.open(incarnation, fence_from=max(0, incarnation - FENCE_BACK),
-                              check_owner=self._check_still_owner, owner=token)
+                    task.open(
+                        incarnation,
+                        fence_from=max(0, incarnation - FENCE_BACK),
+                        check_owner=self._check_still_owner,
+                        owner=token,
+                    )
                 except Exception:
                     task.close()  # its store and producer: the error itself goes out of step()
                     raise
@@ -91,22 +108,32 @@ class ComputationRunner:
                     self._check_log_start(consumer, tp, parts)
             for p in fresh:
                 starts = {t: self._committed.get((t, p), 0) for t in self.topics}
-                log.info("%s: assigned and ready (restored %d records; starts at %s)",
-                         self.tasks[p].name, self.tasks[p].counters.restored, starts, extra=about(self.tasks[p]))
+                log.info(
+                    "%s: assigned and ready (restored %d records; starts at %s)",
+                    self.tasks[p].name,
+                    self.tasks[p].counters.restored,
+                    starts,
+                    extra=about(self.tasks[p]),
+                )
         except Exception as e:  # raised inside librdkafka's callback: surface it from step()
             self._fatal = e
         self.opening = None
         consumer.assign(parts)
 
-    def _check_log_start(self, consumer: Consumer, committed: TopicPartition, parts: list[TopicPartition]) -> None:
+    def _check_log_start(
+        self, consumer: Consumer, committed: TopicPartition, parts: list[TopicPartition]
+    ) -> None:
         """Records deleted before they were processed: say so, then apply offset_reset."""
-        low, high = consumer.get_watermark_offsets(TopicPartition(committed.topic, committed.partition),
-                                                   timeout=self.cfg.startup_timeout_s)
+        low, high = consumer.get_watermark_offsets(
+            TopicPartition(committed.topic, committed.partition), timeout=self.cfg.startup_timeout_s
+        )
         if committed.offset >= low:
             return
         where = f"{committed.topic}[{committed.partition}]"
-        msg = (f"computation {self.spec.name!r}: committed offset {committed.offset} of {where} is below the log "
-               f"start {low}: {low - committed.offset} records were deleted before being processed")
+        msg = (
+            f"computation {self.spec.name!r}: committed offset {committed.offset} of {where} is below the log "
+            f"start {low}: {low - committed.offset} records were deleted before being processed"
+        )
         if self.cfg.offset_reset == "fail":
             raise BrokerError(f"{msg} (offset_reset=fail)")
         to = low if self.cfg.offset_reset == "earliest" else high
@@ -125,9 +152,13 @@ class ComputationRunner:
         pid = task_producer_id(self.spec.name, p)
         control = announcement(self.table, pid, self.streams_out, int(time.time() * 1000))
         self.publisher.publish(control)
-        if self.publisher.flush(self.cfg.startup_timeout_s):  # the fencing below relies on it being there
-            raise BrokerError(f"task {pid}: could not announce incarnation {control.incarnation} on the watermark "
-                              f"topic within startup_timeout_s={self.cfg.startup_timeout_s:g}")
+        if self.publisher.flush(
+            self.cfg.startup_timeout_s
+        ):  # the fencing below relies on it being there
+            raise BrokerError(
+                f"task {pid}: could not announce incarnation {control.incarnation} on the watermark "
+                f"topic within startup_timeout_s={self.cfg.startup_timeout_s:g}"
+            )
         self.catch_up()
         owner = self.table.owner(pid)
         if owner is not None and owner[0] > control.incarnation:
@@ -135,8 +166,10 @@ class ComputationRunner:
             # compacted topic ours would replace it, so write the owner's claim again.
             self.publisher.publish(self.table.announcements[pid])
             self.publisher.flush(self.cfg.startup_timeout_s)
-            raise FencedError(f"task {pid}: incarnation {owner[0]} took it over while this process was announcing "
-                              f"incarnation {control.incarnation}")
+            raise FencedError(
+                f"task {pid}: incarnation {owner[0]} took it over while this process was announcing "
+                f"incarnation {control.incarnation}"
+            )
         return control.incarnation, control.owner
 
     def _check_still_owner(self, task: Task) -> None:
@@ -148,8 +181,10 @@ class ComputationRunner:
         pid = task_producer_id(self.spec.name, task.partition)
         if not still_owner(self.table, pid, task.incarnation, task.owner):
             newer = self.table.owner(pid)
-            raise FencedError(f"task {task.name} was fenced: incarnation {newer[0] if newer else '?'} took it over "
-                              f"while this process was opening incarnation {task.incarnation}")
+            raise FencedError(
+                f"task {task.name} was fenced: incarnation {newer[0] if newer else '?'} took it over "
+                f"while this process was opening incarnation {task.incarnation}"
+            )
 
     def _on_revoke(self, consumer: Consumer, parts: list[TopicPartition]) -> None:
         for p in sorted({tp.partition for tp in parts}):
@@ -163,7 +198,12 @@ class ComputationRunner:
             except Exception as e:
                 log.warning("%s: commit on revoke failed: %s", task.name, e, extra=about(task))
             task.close()
-            log.info("%s: revoked (committed up to %s)", task.name, task.committed_offsets, extra=about(task))
+            log.info(
+                "%s: revoked (committed up to %s)",
+                task.name,
+                task.committed_offsets,
+                extra=about(task),
+            )
 
     def _on_lost(self, consumer: Consumer, parts: list[TopicPartition]) -> None:
         # Partitions lost (session expired): someone else may own them, so do not commit.
@@ -211,11 +251,15 @@ class ComputationRunner:
         since = time.monotonic() - self._last_commit
         pending = [t.pending for t in self.tasks.values()]
         self._open = any(pending)
-        if since >= self.cfg.commit_interval_ms / 1000 or any(t.timers_left for t in self.tasks.values()):
+        if since >= self.cfg.commit_interval_ms / 1000 or any(
+            t.timers_left for t in self.tasks.values()
+        ):
             self.tick()
         elif any(n >= self.cfg.batch_size for n in pending):
             self.commit()
-        elif self._open and since >= EARLY_COMMIT_S and len(msgs) < max(1, self.cfg.batch_size // 10):
+        elif (
+            self._open and since >= EARLY_COMMIT_S and len(msgs) < max(1, self.cfg.batch_size // 10)
+        ):
             self.tick()  # caught up: make the outputs visible now
 
     def tick(self) -> None:
@@ -248,8 +292,15 @@ class ComputationRunner:
         todo = {}
         for p, task in self.tasks.items():
             last = self._published.get(p)
-            w = max(task.compute_output_watermark(), self.table.published(task_producer_id(self.spec.name, p)))
-            if last is None or (last[0] != w and now - last[1] >= MIN_PUBLISH_S) or now - last[1] >= HEARTBEAT_S:
+            w = max(
+                task.compute_output_watermark(),
+                self.table.published(task_producer_id(self.spec.name, p)),
+            )
+            if (
+                last is None
+                or (last[0] != w and now - last[1] >= MIN_PUBLISH_S)
+                or now - last[1] >= HEARTBEAT_S
+            ):
                 todo[p] = task
         if not todo:
             return
@@ -258,9 +309,18 @@ class ComputationRunner:
         wall = int(time.time() * 1000)
         for p, task in todo.items():
             pid = task_producer_id(self.spec.name, p)
-            control = owner_control(self.table, pid, task.incarnation, task.owner, self.streams_out,
-                                    task.compute_output_watermark(), positions, wall, task.input_watermark,
-                                    task.stats())
+            control = owner_control(
+                self.table,
+                pid,
+                task.incarnation,
+                task.owner,
+                self.streams_out,
+                task.compute_output_watermark(),
+                positions,
+                wall,
+                task.input_watermark,
+                task.stats(),
+            )
             if control is None:
                 continue  # a newer opening announced itself: readers would drop this (ownership.py)
             self.publisher.publish(control)  # the table takes it in when the reader reads it back
@@ -288,7 +348,9 @@ class ComputationRunner:
         todo = [(p, t) for p, t in self.tasks.items() if t.needs_commit]
         if len(todo) > 1:
             if self._pool is None:
-                self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix=f"kwheel-commit-{self.spec.name}")
+                self._pool = ThreadPoolExecutor(
+                    max_workers=8, thread_name_prefix=f"kwheel-commit-{self.spec.name}"
+                )
             results = [(p, t, self._pool.submit(self._commit_task, t)) for p, t in todo]
             failures = []
             for p, task, future in results:
@@ -325,7 +387,12 @@ class ComputationRunner:
         self._check_still_owner(task)
         incarnation, token = self._announce(task.partition)
         task.renew(incarnation, check_owner=self._check_still_owner, owner=token)
-        log.info("%s: renewed as incarnation %d after an abort", task.name, incarnation, extra=about(task))
+        log.info(
+            "%s: renewed as incarnation %d after an abort",
+            task.name,
+            incarnation,
+            extra=about(task),
+        )
 
     def _commit_task(self, task: Task) -> None:
         commits, started = task.counters.commits, time.monotonic()

@@ -8,8 +8,13 @@ import sys
 import time
 
 
-def run_processes(n: int, child_args: list[str], slot: str | None, command: str = "worker",
-                  metrics_port: int | None = None) -> int:
+def run_processes(
+    n: int,
+    child_args: list[str],
+    slot: str | None,
+    command: str = "worker",
+    metrics_port: int | None = None,
+) -> int:
     """Start ``n`` ``kwheel <command>`` processes (slots ``slot-0`` .. ``slot-{n-1}``; an
     injector's get ``--instance i --instances n``; workers' metrics ports are
     ``metrics_port + i``, or all 0 for any free port), forward SIGTERM/SIGINT, and return

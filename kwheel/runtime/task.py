@@ -107,7 +107,14 @@ class _Input:
 
 
 class Task:
-    def __init__(self, pipeline: Pipeline, spec: ComputationSpec, partition: int, cfg: WorkerConfig, consumer: Consumer):
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        spec: ComputationSpec,
+        partition: int,
+        cfg: WorkerConfig,
+        consumer: Consumer,
+    ):
         self.pipeline = pipeline
         self.spec = spec
         self.partition = partition
@@ -154,8 +161,13 @@ class Task:
 
     # ---- lifecycle ---------------------------------------------------------------------
     @scoped
-    def open(self, incarnation: int = 1, fence_from: int = 0, check_owner: Callable[[Task], None] | None = None,
-             owner: str = "") -> None:
+    def open(
+        self,
+        incarnation: int = 1,
+        fence_from: int = 0,
+        check_owner: Callable[[Task], None] | None = None,
+        owner: str = "",
+    ) -> None:
         """Fence earlier owners, then bring the store up to the end of the changelog.
         ``check_owner`` runs between the two (and raises if this process lost the task).
 
@@ -166,16 +178,32 @@ class Task:
         were waiting on its aborted transaction, so a successor must not reuse it."""
         self._take_ids(incarnation, fence_from, check_owner, owner)
         started = time.monotonic()
-        n = restore(self.store, clients.reader_config(self.cfg), self.changelog, self.partition, self.cfg.startup_timeout_s,
-                    progress=self._restoring)
+        n = restore(
+            self.store,
+            clients.reader_config(self.cfg),
+            self.changelog,
+            self.partition,
+            self.cfg.startup_timeout_s,
+            progress=self._restoring,
+        )
         self.counters.restored = n
         self.counters.restore_total = n
         if n:
-            log.info("%s: restored %d changelog records in %.2fs", self.name, n, time.monotonic() - started)
+            log.info(
+                "%s: restored %d changelog records in %.2fs",
+                self.name,
+                n,
+                time.monotonic() - started,
+            )
         self._load_store()
 
-    def _take_ids(self, incarnation: int, fence_from: int, check_owner: Callable[[Task], None] | None,
-                  owner: str) -> None:
+    def _take_ids(
+        self,
+        incarnation: int,
+        fence_from: int,
+        check_owner: Callable[[Task], None] | None,
+        owner: str,
+    ) -> None:
         """Open the ids ``fence_from`` .. ``incarnation - 1`` (fencing them), then this
         incarnation's own; then ``check_owner``."""
         base = self.pipeline.transactional_id(self.spec.name, self.partition)
@@ -190,7 +218,9 @@ class Task:
             check_owner(self)
 
     @scoped
-    def renew(self, incarnation: int, check_owner: Callable[[Task], None] | None = None, owner: str = "") -> None:
+    def renew(
+        self, incarnation: int, check_owner: Callable[[Task], None] | None = None, owner: str = ""
+    ) -> None:
         """Go on as a new incarnation after an abort, with a fresh producer id.
 
         The embedded test broker hides a producer id's records committed after one of its
@@ -218,12 +248,21 @@ class Task:
             except KafkaException as e:
                 err = e.args[0]
                 failed = self._classify(err)
-                if isinstance(failed, FencedError) or not (err.retriable() or err.code() == KafkaError._TIMED_OUT):
+                if isinstance(failed, FencedError) or not (
+                    err.retriable() or err.code() == KafkaError._TIMED_OUT
+                ):
                     raise failed from None
                 if tries > 1 and time.monotonic() >= deadline:
-                    raise BrokerError(f"task {self.name}: could not open transactional id {transactional_id!r} "
-                                      f"within startup_timeout_s={self.cfg.startup_timeout_s:g}: {err.str()}") from None
-                log.warning("%s: opening transactional id %r: %s; retrying", self.name, transactional_id, err.str())
+                    raise BrokerError(
+                        f"task {self.name}: could not open transactional id {transactional_id!r} "
+                        f"within startup_timeout_s={self.cfg.startup_timeout_s:g}: {err.str()}"
+                    ) from None
+                log.warning(
+                    "%s: opening transactional id %r: %s; retrying",
+                    self.name,
+                    transactional_id,
+                    err.str(),
+                )
                 time.sleep(RETRY_BACKOFF_S)  # a retriable error may come back at once
 
     def _load_store(self) -> None:
@@ -292,12 +331,21 @@ class Task:
 
     def _classify(self, err: KafkaError) -> Exception:
         """The error to end the task with for a producer error: fenced, or a broker error."""
-        if err.code() in (KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH) \
-                or "fenced" in err.str().lower():
-            return FencedError(f"task {self.name} was fenced: another worker owns it now ({err.str()})")
-        if err.code() == KafkaError._FATAL:  # a transactional producer's fatal error is, in practice, fencing
-            return FencedError(f"task {self.name} was fenced or its producer failed for good: "
-                               f"another worker may own it now ({err.str()})")
+        if (
+            err.code()
+            in (KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH)
+            or "fenced" in err.str().lower()
+        ):
+            return FencedError(
+                f"task {self.name} was fenced: another worker owns it now ({err.str()})"
+            )
+        if (
+            err.code() == KafkaError._FATAL
+        ):  # a transactional producer's fatal error is, in practice, fencing
+            return FencedError(
+                f"task {self.name} was fenced or its producer failed for good: "
+                f"another worker may own it now ({err.str()})"
+            )
         return BrokerError(f"task {self.name}: producer failed: {err.str()}")
 
     @scoped
@@ -328,7 +376,12 @@ class Task:
                 inp = inputs[topic]
                 headers = m.headers()
                 first = headers[0] if headers else None
-                if first is not None and first[0] == ID_HEADER and first[1] and len(first[1]) <= MAX_ID_BYTES:
+                if (
+                    first is not None
+                    and first[0] == ID_HEADER
+                    and first[1]
+                    and len(first[1]) <= MAX_ID_BYTES
+                ):
                     rid = first[1]
                 else:
                     rid = _record_id(m)
@@ -351,14 +404,26 @@ class Task:
                     process_record(ctx, record)
                     if state.changed or ctx.timer_ops:
                         self._succeeded(tag, state)  # encodes the state: may fail too
-                except RegistryError:  # the registry, not the record, failed: stop, never dead-letter
+                except (
+                    RegistryError
+                ):  # the registry, not the record, failed: stop, never dead-letter
                     raise
                 except Exception as e:  # user code and decoding: the error policy decides
                     del outputs[mark:]
                     where = f"{topic}[{m.partition()}]@{offset}"
-                    self._failed(f"failed on key {key!r} at {where}", e, m.key(), m.value(), m.timestamp()[1], rid, where)
+                    self._failed(
+                        f"failed on key {key!r} at {where}",
+                        e,
+                        m.key(),
+                        m.value(),
+                        m.timestamp()[1],
+                        rid,
+                        where,
+                    )
                     if dedup:
-                        pending_ids[rid] = m.timestamp()[1]  # dead-lettered: a re-sent copy is a duplicate
+                        pending_ids[rid] = m.timestamp()[
+                            1
+                        ]  # dead-lettered: a re-sent copy is a duplicate
                         bloom.add(rid)
                     continue
                 if dedup:
@@ -382,8 +447,10 @@ class Task:
             state.release()  # a KeyState kept by user code copies again before writing
             value = (d if _immutable(d) else layout.encode_state(d)) if d else None
             if value is not None and _state_size(tag, value) > MAX_RECORD_BYTES:
-                raise StateTooLargeError(f"the state of key {ctx.key!r} would be {_state_size(tag, value, True)} "
-                                         f"bytes, over the {MAX_RECORD_BYTES}-byte limit of a changelog record")
+                raise StateTooLargeError(
+                    f"the state of key {ctx.key!r} would be {_state_size(tag, value, True)} "
+                    f"bytes, over the {MAX_RECORD_BYTES}-byte limit of a changelog record"
+                )
             self._dirty[tag] = value
         if ctx.timer_ops:
             for tkey, value in ctx.timer_ops:
@@ -424,7 +491,16 @@ class Task:
             return raw
         return layout.decode_state(raw)
 
-    def _failed(self, what: str, e: Exception, key: bytes | None, value: bytes | None, ts: int, rid: bytes, where: str) -> None:
+    def _failed(
+        self,
+        what: str,
+        e: Exception,
+        key: bytes | None,
+        value: bytes | None,
+        ts: int,
+        rid: bytes,
+        where: str,
+    ) -> None:
         msg = f"computation {self.spec.name!r} {what}: {type(e).__name__}: {e}"
         if self.dead_letter is None:
             raise RecordError(msg) from e
@@ -506,7 +582,9 @@ class Task:
         except Exception as e:
             del self.ctx.outputs[mark:]
             what = f"failed in timer {tag!r} ({_DOMAIN_NAMES[domain]} {ts}) of key {key!r}"
-            body = json.dumps({"timer": tag, "timestamp": ts, "domain": _DOMAIN_NAMES[domain]}).encode()
+            body = json.dumps(
+                {"timer": tag, "timestamp": ts, "domain": _DOMAIN_NAMES[domain]}
+            ).encode()
             self._failed(what, e, keytag[1:], body, ts, rid, f"{self.name} timer {tag!r}")
             return
         self.counters.timers_fired += 1
@@ -530,12 +608,16 @@ class Task:
         self._send_outputs()
         encode = layout.encode_state
         changes: list[tuple[bytes, bytes | None]] = [
-            (layout.STATE + tag, encode(v) if type(v) is dict else v) for tag, v in self._dirty.items()]
+            (layout.STATE + tag, encode(v) if type(v) is dict else v)
+            for tag, v in self._dirty.items()
+        ]
         changes.extend(self.timers.changes.items())
         next_batch = self._next_batch
         new_batch = None
         if self._pending_ids:
-            changes.append((layout.id_batch_key(next_batch), layout.encode_id_batch(self._pending_ids)))
+            changes.append(
+                (layout.id_batch_key(next_batch), layout.encode_id_batch(self._pending_ids))
+            )
             new_batch = (next_batch, max(self._pending_ids.values()))
             next_batch += 1
         # forget seen ids the watermark has left far behind: a copy now would be very late
@@ -543,7 +625,9 @@ class Task:
         expired = [b for b, ts in self._id_batches if ts < horizon]
         changes.extend((layout.id_batch_key(b), None) for b in expired)
         if self._watermark_dirty:
-            changes.append((layout.WATERMARK, _WATERMARK_VALUE.pack(self.input_watermark, self._fire_seq)))
+            changes.append(
+                (layout.WATERMARK, _WATERMARK_VALUE.pack(self.input_watermark, self._fire_seq))
+            )
         last_offset = [-1]
 
         def delivered(err, msg):
@@ -556,7 +640,13 @@ class Task:
                 while True:
                     try:
                         if i == len(changes) - 1:
-                            p.produce(self.changelog, v, k, partition=self.partition, on_delivery=delivered)
+                            p.produce(
+                                self.changelog,
+                                v,
+                                k,
+                                partition=self.partition,
+                                on_delivery=delivered,
+                            )
                         else:
                             p.produce(self.changelog, v, k, partition=self.partition)
                         break
@@ -570,7 +660,9 @@ class Task:
             if last_offset[0] < 0:
                 p.flush(self.cfg.transaction_timeout_ms / 1000)
             if last_offset[0] < 0:
-                raise FencedError(f"{self.name}: committed but the changelog offset never came back")
+                raise FencedError(
+                    f"{self.name}: committed but the changelog offset never came back"
+                )
             self.store.apply(changes, last_offset[0], next_batch, self._pending_ids)
         self._next_batch = next_batch
         if expired:
@@ -594,9 +686,15 @@ class Task:
         limit = self.cfg.transaction_timeout_ms / 1000
         if took <= limit:
             return False
-        log.warning("%s: batch of %d records took %.1fs, longer than transaction_timeout_ms=%d: "
-                    "aborting it and retrying from %s (a user function is too slow for the timeout?)",
-                    self.name, self._txn_records, took, self.cfg.transaction_timeout_ms, self._txn_first)
+        log.warning(
+            "%s: batch of %d records took %.1fs, longer than transaction_timeout_ms=%d: "
+            "aborting it and retrying from %s (a user function is too slow for the timeout?)",
+            self.name,
+            self._txn_records,
+            took,
+            self.cfg.transaction_timeout_ms,
+            self._txn_first,
+        )
         self.abort()
         return True
 
@@ -612,8 +710,12 @@ class Task:
         while True:
             try:
                 if not offsets_sent:
-                    offsets = [TopicPartition(t, self.partition, o) for t, o in self._txn_next.items()]
-                    p.send_offsets_to_transaction(offsets, self.consumer.consumer_group_metadata(), timeout)
+                    offsets = [
+                        TopicPartition(t, self.partition, o) for t, o in self._txn_next.items()
+                    ]
+                    p.send_offsets_to_transaction(
+                        offsets, self.consumer.consumer_group_metadata(), timeout
+                    )
                     offsets_sent = True
                 p.commit_transaction(timeout)
                 return
@@ -626,7 +728,11 @@ class Task:
     def _commit_failed(self, e: KafkaException) -> None:
         err = e.args[0]
         if err.txn_requires_abort():
-            log.warning("%s: transaction failed (%s): aborting and replaying the batch", self.name, err.str())
+            log.warning(
+                "%s: transaction failed (%s): aborting and replaying the batch",
+                self.name,
+                err.str(),
+            )
             self.abort()
             return
         raise self._producer_failed(e) from None
@@ -651,8 +757,10 @@ class Task:
             try:
                 self.consumer.seek(tp)
             except KafkaException as e:  # going on would skip the aborted records
-                raise BrokerError(f"task {self.name}: cannot rewind {tp.topic}[{tp.partition}] to {tp.offset} "
-                                  f"after an abort: {e}") from None
+                raise BrokerError(
+                    f"task {self.name}: cannot rewind {tp.topic}[{tp.partition}] to {tp.offset} "
+                    f"after an abort: {e}"
+                ) from None
 
     def _discard(self) -> None:
         """Forget the batch: state, timers, the fire sequence and the input watermark go back
@@ -714,5 +822,9 @@ def _record_id(m: Message) -> bytes:
     if headers:
         for name, value in headers:
             if name == ID_HEADER and value:
-                return value if len(value) <= MAX_ID_BYTES else blake2b(value, digest_size=ids.ID_BYTES).digest()
+                return (
+                    value
+                    if len(value) <= MAX_ID_BYTES
+                    else blake2b(value, digest_size=ids.ID_BYTES).digest()
+                )
     return ids.from_position(m.topic(), m.partition(), m.offset())

@@ -22,14 +22,20 @@ log = logging.getLogger("kwheel.worker")
 
 
 class Worker:
-    def __init__(self, pipeline: Pipeline, cfg: WorkerConfig, computations: list[str] | None = None):
+    def __init__(
+        self, pipeline: Pipeline, cfg: WorkerConfig, computations: list[str] | None = None
+    ):
         names = computations or list(pipeline.computations)
         unknown = [n for n in names if n not in pipeline.computations]
         if unknown:
             known = ", ".join(pipeline.computations)
-            raise ConfigError(f"unknown computation {unknown[0]!r} in pipeline {pipeline.name!r} (known: {known})")
+            raise ConfigError(
+                f"unknown computation {unknown[0]!r} in pipeline {pipeline.name!r} (known: {known})"
+            )
         # a computation's re-keying stages run with it (kwheel/rekey.py)
-        names = names + [n for n, c in pipeline.computations.items() if c.feeds in names and n not in names]
+        names = names + [
+            n for n, c in pipeline.computations.items() if c.feeds in names and n not in names
+        ]
         registry.configure_from(cfg)  # Avro serdes create their registry client on first use
         self.pipeline = pipeline
         self.cfg = cfg
@@ -52,7 +58,9 @@ class Worker:
                 check_topics(admin, self.pipeline)
                 return
             except (TopicMismatchError, KafkaException) as e:
-                if time.monotonic() >= deadline or (isinstance(e, TopicMismatchError) and "missing" not in str(e)):
+                if time.monotonic() >= deadline or (
+                    isinstance(e, TopicMismatchError) and "missing" not in str(e)
+                ):
                     raise
                 log.warning("waiting for topics: %s", e)
             time.sleep(delay)
@@ -63,7 +71,9 @@ class Worker:
     def run(self) -> None:
         signal.signal(signal.SIGTERM, self.stop)
         signal.signal(signal.SIGINT, self.stop)
-        if self.cfg.metrics_port is not None:  # first: scrapes answer while topics or restores are awaited
+        if (
+            self.cfg.metrics_port is not None
+        ):  # first: scrapes answer while topics or restores are awaited
             from .metrics import WorkerMetrics
 
             self.metrics = WorkerMetrics(self.pipeline.name, self.cfg.slot)
@@ -82,8 +92,10 @@ class Worker:
         self.reader.catch_up(self.cfg.startup_timeout_s)
         self.publisher = WatermarkPublisher(self.cfg, topic)
         catch_up = lambda: self.reader.catch_up(self.cfg.startup_timeout_s)  # noqa: E731
-        self.runners = [ComputationRunner(self.pipeline, n, self.cfg, self.table, self.publisher, catch_up)
-                        for n in self.names]
+        self.runners = [
+            ComputationRunner(self.pipeline, n, self.cfg, self.table, self.publisher, catch_up)
+            for n in self.names
+        ]
         if self.metrics is not None:
             for r in self.runners:
                 r.metrics = self.metrics

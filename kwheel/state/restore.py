@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import time
-
 from collections.abc import Callable
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
@@ -24,8 +23,14 @@ CHECKPOINT_EVERY = 100_000  # records between flushes of a restoring store
 STALE_AFTER_MS = CHANGELOG_DELETE_RETENTION_MS * 5 // 6
 
 
-def restore(store: TaskStore, reader_conf: dict, topic: str, partition: int, timeout_s: float = 30.0,
-            progress: Callable[[int, int], None] | None = None) -> int:
+def restore(
+    store: TaskStore,
+    reader_conf: dict,
+    topic: str,
+    partition: int,
+    timeout_s: float = 30.0,
+    progress: Callable[[int, int], None] | None = None,
+) -> int:
     """Replay changelog records after ``store.applied_offset`` up to the end; return how many.
     ``progress(applied, total)`` is called after every chunk (``total`` counts offsets, so
     transaction markers too): what the metrics show while a task restores.
@@ -35,17 +40,27 @@ def restore(store: TaskStore, reader_conf: dict, topic: str, partition: int, tim
     """
     reader = Consumer(reader_conf)
     try:
-        low, high = reader.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout_s)
+        low, high = reader.get_watermark_offsets(
+            TopicPartition(topic, partition), timeout=timeout_s
+        )
         start = store.applied_offset + 1
         if store.applied_offset >= 0 and time.time() * 1000 - store.applied_at_ms > STALE_AFTER_MS:
-            log.warning("local store of %s[%d] was last updated over %d h ago: rebuilding it from scratch",
-                        topic, partition, STALE_AFTER_MS // 3_600_000)
+            log.warning(
+                "local store of %s[%d] was last updated over %d h ago: rebuilding it from scratch",
+                topic,
+                partition,
+                STALE_AFTER_MS // 3_600_000,
+            )
             store.wipe()
             start = 0
         if start > high or (start < low and store.applied_offset >= 0):
             log.warning(
                 "changelog %s[%d] spans offsets %d..%d but the local store is at %d: rebuilding it from scratch",
-                topic, partition, low, high, start - 1,
+                topic,
+                partition,
+                low,
+                high,
+                start - 1,
             )
             store.wipe()
             start = low
@@ -53,8 +68,15 @@ def restore(store: TaskStore, reader_conf: dict, topic: str, partition: int, tim
         if start >= high:
             return 0
         # a store killed mid-restore resumes here: each chunk is applied with its offset
-        log.info("restoring %s[%d]: offsets %d..%d (%d records%s)", topic, partition, start, high - 1,
-                 high - start, f", resuming after {store.applied_offset}" if store.applied_offset >= 0 else "")
+        log.info(
+            "restoring %s[%d]: offsets %d..%d (%d records%s)",
+            topic,
+            partition,
+            start,
+            high - 1,
+            high - start,
+            f", resuming after {store.applied_offset}" if store.applied_offset >= 0 else "",
+        )
         reader.assign([TopicPartition(topic, partition, start)])
         if progress is not None:
             progress(0, high - start)

@@ -34,8 +34,14 @@ class TaskStore:
             self._db = self._open()
         except Exception as e:  # a store damaged by a crash: the changelog rebuilds it
             if "lock" in str(e).lower():  # another live process has it open: not damage
-                raise StateError(f"state store {self.path} is in use by another process ({e})") from None
-            log.warning("state store %s cannot be opened (%s): rebuilding it from the changelog", self.path, e)
+                raise StateError(
+                    f"state store {self.path} is in use by another process ({e})"
+                ) from None
+            log.warning(
+                "state store %s cannot be opened (%s): rebuilding it from the changelog",
+                self.path,
+                e,
+            )
             self._remove()
             self._db = self._open()
 
@@ -70,8 +76,13 @@ class TaskStore:
     def get(self, key: bytes) -> bytes | None:
         return self._db.get(key)
 
-    def apply(self, changes: Iterable[tuple[bytes, bytes | None]], offset: int, next_batch: int | None = None,
-              fresh_ids: dict[bytes, int] | None = None) -> None:
+    def apply(
+        self,
+        changes: Iterable[tuple[bytes, bytes | None]],
+        offset: int,
+        next_batch: int | None = None,
+        fresh_ids: dict[bytes, int] | None = None,
+    ) -> None:
         """Apply changelog records up to ``offset`` atomically. ``fresh_ids`` are the
         decoded contents of the one new id batch among them (saves decoding it again)."""
         wb = WriteBatch(raw_mode=True)
@@ -103,7 +114,11 @@ class TaskStore:
                     for rid, _ in layout.decode_id_batch(old or b""):
                         wb.delete(layout.SEEN + rid)
                 else:
-                    ids = fresh_ids.items() if fresh_ids is not None else layout.decode_id_batch(value)
+                    ids = (
+                        fresh_ids.items()
+                        if fresh_ids is not None
+                        else layout.decode_id_batch(value)
+                    )
                     seen, u64 = layout.SEEN, layout.encode_u64
                     for rid, ts in ids:
                         put(seen + rid, u64(ts))
@@ -115,7 +130,10 @@ class TaskStore:
                 wb.delete(key)
             else:
                 wb.put(key, value)
-        wb.put(layout.NEXT_BATCH, layout.encode_u64(restored_batch if next_batch is None else next_batch))
+        wb.put(
+            layout.NEXT_BATCH,
+            layout.encode_u64(restored_batch if next_batch is None else next_batch),
+        )
         wb.put(layout.APPLIED_OFFSET, layout.encode_u64(offset))
         wb.put(layout.APPLIED_AT, layout.encode_u64(int(time.time() * 1000)))
         self._db.write(wb)
@@ -171,7 +189,9 @@ class TaskStore:
     def _remove(self) -> None:
         # rename first: a crash mid-delete must not leave a half store under the real name
         if self.path.exists():
-            doomed = self.path.with_name(f"{self.path.name}.deleting-{os.getpid()}-{time.monotonic_ns()}")
+            doomed = self.path.with_name(
+                f"{self.path.name}.deleting-{os.getpid()}-{time.monotonic_ns()}"
+            )
             os.replace(self.path, doomed)
             shutil.rmtree(doomed, ignore_errors=True)
 

@@ -25,7 +25,9 @@ def noida_binary() -> Path:
 
         path = Path(str(files("noida_db").joinpath("noida-db")))
     except ModuleNotFoundError:
-        raise BrokerError("the embedded broker needs the noida-db package: pip install 'kwheel[test]'") from None
+        raise BrokerError(
+            "the embedded broker needs the noida-db package: pip install 'kwheel[test]'"
+        ) from None
     if not path.is_file():
         raise BrokerError(f"noida-db binary not found at {path}")
     if not os.access(path, os.X_OK):
@@ -42,7 +44,12 @@ def free_port() -> int:
 class EmbeddedBroker:
     """Start with ``start()`` (or as a context manager); ``bootstrap`` is host:port."""
 
-    def __init__(self, data_dir: str | Path | None = None, port: int | None = None, log_path: str | Path | None = None):
+    def __init__(
+        self,
+        data_dir: str | Path | None = None,
+        port: int | None = None,
+        log_path: str | Path | None = None,
+    ):
         self._tmp = None
         if data_dir is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="kwheel-broker-")
@@ -55,20 +62,40 @@ class EmbeddedBroker:
 
     def start(self, timeout_s: float = 30.0) -> EmbeddedBroker:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        args = [str(noida_binary()), "start", "--only", "kafka", "--kafka-port", str(self.port),
-                "--host", "127.0.0.1", "--data-dir", str(self.data_dir)]
+        args = [
+            str(noida_binary()),
+            "start",
+            "--only",
+            "kafka",
+            "--kafka-port",
+            str(self.port),
+            "--host",
+            "127.0.0.1",
+            "--data-dir",
+            str(self.data_dir),
+        ]
         log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        self.proc = subprocess.Popen(
+            args,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         log.close()
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise BrokerError(f"embedded broker exited with {self.proc.returncode}; see {self.log_path}")
+                raise BrokerError(
+                    f"embedded broker exited with {self.proc.returncode}; see {self.log_path}"
+                )
             if self._answers():
                 return self
             time.sleep(0.05)
         self.stop()
-        raise BrokerError(f"embedded broker did not answer on {self.bootstrap} within {timeout_s:g}s; see {self.log_path}")
+        raise BrokerError(
+            f"embedded broker did not answer on {self.bootstrap} within {timeout_s:g}s; see {self.log_path}"
+        )
 
     def _answers(self) -> bool:
         from confluent_kafka.admin import AdminClient
@@ -79,7 +106,9 @@ class EmbeddedBroker:
         except OSError:
             return False
         try:
-            AdminClient({"bootstrap.servers": self.bootstrap, "log_level": 0}).list_topics(timeout=2)
+            AdminClient({"bootstrap.servers": self.bootstrap, "log_level": 0}).list_topics(
+                timeout=2
+            )
             return True
         except Exception:
             return False

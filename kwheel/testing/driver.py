@@ -54,15 +54,23 @@ class PipelineDriver:
     ``wall_clock_ms`` starts the driver's clock (default: now; give it for exact repeats).
     """
 
-    def __init__(self, pipeline: Pipeline, only: str | Iterable[str] | None = None, state_dir: str | Path | None = None,
-                 config: WorkerConfig | None = None, wall_clock_ms: int | None = None):
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        only: str | Iterable[str] | None = None,
+        state_dir: str | Path | None = None,
+        config: WorkerConfig | None = None,
+        wall_clock_ms: int | None = None,
+    ):
         pipeline.validate()
         self.pipeline = pipeline
         names = [only] if isinstance(only, str) else list(only or pipeline.computations)
         for n in names:
             if n not in pipeline.computations:
-                raise KwheelError(f"driver: unknown computation {n!r} (pipeline {pipeline.name!r} has "
-                                  f"{', '.join(pipeline.computations)})")
+                raise KwheelError(
+                    f"driver: unknown computation {n!r} (pipeline {pipeline.name!r} has "
+                    f"{', '.join(pipeline.computations)})"
+                )
         self.computations = [c for c in pipeline.computations if c in names]  # declaration order
         self._tmp = None
         if state_dir is None:
@@ -86,13 +94,17 @@ class PipelineDriver:
         self._failed = False
         try:
             for c in self.computations:
-                self._tasks[c] = [self._open(c, p) for p in range(pipeline.computations[c].partitions)]
+                self._tasks[c] = [
+                    self._open(c, p) for p in range(pipeline.computations[c].partitions)
+                ]
         except BaseException:
             self.close()
             raise
 
     # ---- tasks ------------------------------------------------------------------------
-    def _open(self, computation: str, partition: int, incarnation: int = 1, wipe: bool = False) -> Task:
+    def _open(
+        self, computation: str, partition: int, incarnation: int = 1, wipe: bool = False
+    ) -> Task:
         """A real Task on the in-memory transport, its store caught up with its changelog."""
         spec = self.pipeline.computations[computation]
         task = Task(self.pipeline, spec, partition, self.config, self._consumers[computation])
@@ -106,7 +118,9 @@ class PipelineDriver:
                 task.store.apply(applied, self.log.end(task.changelog, partition) - 1)
                 task.counters.restored += len(applied)
             base = self.pipeline.transactional_id(computation, partition)
-            task.producer = MemoryProducer(self.log, f"{base}.{incarnation}", clock=lambda: self._wall)
+            task.producer = MemoryProducer(
+                self.log, f"{base}.{incarnation}", clock=lambda: self._wall
+            )
             task.incarnation = incarnation
             task._load_store()
         except BaseException:
@@ -126,11 +140,19 @@ class PipelineDriver:
                 consumer = self._consumers[c]
                 for topic in task.inputs:
                     consumer.positions[(topic, task.partition)] = self.log.group_offsets.get(
-                        (consumer.group, topic, task.partition), 0)
+                        (consumer.group, topic, task.partition), 0
+                    )
                 tasks[i] = self._open(c, task.partition, incarnation, wipe=wipe_state)
 
     # ---- feeding ----------------------------------------------------------------------
-    def send(self, stream: str, key: Key, value: object, timestamp: int | None = None, id: bytes | None = None) -> bytes:
+    def send(
+        self,
+        stream: str,
+        key: Key,
+        value: object,
+        timestamp: int | None = None,
+        id: bytes | None = None,
+    ) -> bytes:
         """Append a record to a fed stream (and its repartition topics); return its id.
         It is processed at the next run. ``timestamp`` defaults to the wall clock."""
         self._fed(stream)
@@ -177,7 +199,9 @@ class PipelineDriver:
         Returns how many records were sent."""
         spec = self.pipeline.injectors.get(name)
         if spec is None:
-            raise KwheelError(f"driver: unknown injector {name!r} (declared: {', '.join(self.pipeline.injectors) or 'none'})")
+            raise KwheelError(
+                f"driver: unknown injector {name!r} (declared: {', '.join(self.pipeline.injectors) or 'none'})"
+            )
         source = spec.source()
         source.open(SourceEnv(self.pipeline.name, name, 0, 1, self.config))
         policy = BoundedDisorder(spec.disorder_ms)
@@ -186,7 +210,9 @@ class PipelineDriver:
             while (records := source.poll(batch)) is not None:
                 empty = 0 if records else empty + 1
                 if empty > 1000:
-                    raise KwheelError(f"driver: injector {name!r} returned no records 1000 times in a row")
+                    raise KwheelError(
+                        f"driver: injector {name!r} returned no records 1000 times in a row"
+                    )
                 for r in records:
                     self.send(r.stream or spec.outputs[0], r.key, r.value, r.timestamp, r.id)
                     policy.observe(r.timestamp)
@@ -204,10 +230,14 @@ class PipelineDriver:
 
     def _fed(self, stream: str) -> None:
         if stream not in self.pipeline.streams:
-            raise KwheelError(f"driver: unknown stream {stream!r} (declared: {', '.join(self.pipeline.streams)})")
+            raise KwheelError(
+                f"driver: unknown stream {stream!r} (declared: {', '.join(self.pipeline.streams)})"
+            )
         if stream not in self._fed_watermarks:
-            raise KwheelError(f"driver: stream {stream!r} is written by computation(s) "
-                              f"{', '.join(self._writers[stream])}; only streams they do not write can be fed")
+            raise KwheelError(
+                f"driver: stream {stream!r} is written by computation(s) "
+                f"{', '.join(self._writers[stream])}; only streams they do not write can be fed"
+            )
 
     # ---- running ----------------------------------------------------------------------
     def run(self) -> None:
@@ -224,7 +254,9 @@ class PipelineDriver:
             if not busy:
                 self._failed = False
                 return
-        raise KwheelError(f"driver: the pipeline was still busy after {MAX_ROUNDS} rounds (a cycle that never ends?)")
+        raise KwheelError(
+            f"driver: the pipeline was still busy after {MAX_ROUNDS} rounds (a cycle that never ends?)"
+        )
 
     def _step(self, computation: str) -> bool:
         """One worker tick of every task of ``computation``; True if anything moved."""
@@ -247,15 +279,19 @@ class PipelineDriver:
                     msgs.sort(key=lambda m: m.seq)  # arrival order over all inputs
                     size = self.config.batch_size
                     for i in range(0, len(msgs), size):
-                        task.process(msgs[i:i + size])
+                        task.process(msgs[i : i + size])
                         task.commit()
                 task.advance(watermark)
                 task.fire_timers(self._wall)
                 busy = busy or task.timers_left
             except BaseException:
                 task.abort()  # as the worker does: the batch is replayed next time
-                for topic in task.inputs:  # every input, not only the failed chunk's: from the last commit
-                    consumer.positions[(topic, p)] = task.committed_offsets.get(topic, starts[topic])
+                for (
+                    topic
+                ) in task.inputs:  # every input, not only the failed chunk's: from the last commit
+                    consumer.positions[(topic, p)] = task.committed_offsets.get(
+                        topic, starts[topic]
+                    )
                 raise
             task.commit()
         out = min(t.compute_output_watermark() for t in self._tasks[computation])
@@ -271,7 +307,9 @@ class PipelineDriver:
         return w
 
     def _input_watermark(self, computation: str) -> int:
-        return min(self._stream_watermark(i.stream) for i in self.pipeline.computations[computation].inputs)
+        return min(
+            self._stream_watermark(i.stream) for i in self.pipeline.computations[computation].inputs
+        )
 
     # ---- inspecting -------------------------------------------------------------------
     def outputs(self, stream: str) -> list[Record]:
@@ -285,7 +323,9 @@ class PipelineDriver:
                 key = None if m.key() is None else s.key_serde.decode(m.key())
                 value = None if m.value() is None else s.value_serde.decode(m.value())
             except Exception as e:
-                raise SerdeError(f"driver: cannot decode the record of stream {stream!r} at {where}: {e}") from None
+                raise SerdeError(
+                    f"driver: cannot decode the record of stream {stream!r} at {where}: {e}"
+                ) from None
             rid = next((v for k, v in m.headers() or () if k == ID_HEADER), b"")
             out.append(Record(key, value, m.timestamp()[1], rid, stream))
         return out
@@ -346,14 +386,18 @@ class PipelineDriver:
         try:
             return self.pipeline.streams[stream]
         except KeyError:
-            raise KwheelError(f"driver: unknown stream {stream!r} (declared: {', '.join(self.pipeline.streams)})") from None
+            raise KwheelError(
+                f"driver: unknown stream {stream!r} (declared: {', '.join(self.pipeline.streams)})"
+            ) from None
 
     def _running(self, computation: str) -> list[Task]:
         try:
             return self._tasks[computation]
         except KeyError:
-            raise KwheelError(f"driver: computation {computation!r} is not running here "
-                              f"(running: {', '.join(self.computations)})") from None
+            raise KwheelError(
+                f"driver: computation {computation!r} is not running here "
+                f"(running: {', '.join(self.computations)})"
+            ) from None
 
     # ---- lifecycle --------------------------------------------------------------------
     def close(self) -> None:

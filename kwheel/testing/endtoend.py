@@ -31,8 +31,15 @@ class PipelineRun:
     """``pipeline`` on the broker at ``bootstrap``; workers load it from ``ref``
     (``module:attribute``) with ``env`` added to their environment. Creates the topics."""
 
-    def __init__(self, bootstrap: str, pipeline: Pipeline, ref: str, work_dir: Path,
-                 env: dict[str, str] | None = None, pythonpath: list[str] | None = None):
+    def __init__(
+        self,
+        bootstrap: str,
+        pipeline: Pipeline,
+        ref: str,
+        work_dir: Path,
+        env: dict[str, str] | None = None,
+        pythonpath: list[str] | None = None,
+    ):
         self.bootstrap = bootstrap
         self.pipeline = pipeline.validate()
         self.ref = ref
@@ -46,7 +53,9 @@ class PipelineRun:
         create_topics(wait_for_broker(self.config), self.pipeline)
 
     # ---- workers ----------------------------------------------------------------------
-    def start_workers(self, n: int = 1, args: list[str] | None = None, timeout_s: float = 60.0) -> list[WorkerProcess]:
+    def start_workers(
+        self, n: int = 1, args: list[str] | None = None, timeout_s: float = 60.0
+    ) -> list[WorkerProcess]:
         """Start ``n`` more ``kwheel worker`` processes (slots w0, w1, ...), each with its own
         state dir, one at a time: each is started once the one before took its partitions
         (the embedded broker can stall a group that several members join at once; see
@@ -54,8 +63,15 @@ class PipelineRun:
         started = []
         for _ in range(n):
             slot = f"w{len(self.workers)}"
-            w = WorkerProcess(self.ref, self.bootstrap, self.work_dir / f"state-{slot}", self.work_dir / f"{slot}.log",
-                              slot=slot, extra_args=args, env=self.env)
+            w = WorkerProcess(
+                self.ref,
+                self.bootstrap,
+                self.work_dir / f"state-{slot}",
+                self.work_dir / f"{slot}.log",
+                slot=slot,
+                extra_args=args,
+                env=self.env,
+            )
             self.workers.append(w)
             started.append(w.start())
             self._wait_assigned(w, timeout_s)
@@ -70,7 +86,12 @@ class PipelineRun:
             self.check_workers()
             return want <= set(re.findall(r"(\S+)\[\d+\]: assigned and ready", w.log()))
 
-        wait_until(assigned, timeout_s, f"worker {w.log_path.stem} to be assigned tasks of {sorted(want)}", 0.1)
+        wait_until(
+            assigned,
+            timeout_s,
+            f"worker {w.log_path.stem} to be assigned tasks of {sorted(want)}",
+            0.1,
+        )
 
     def stop_workers(self, timeout_s: float = 60.0) -> None:
         """SIGTERM every worker; raise naming the first that did not exit cleanly, with its log."""
@@ -81,17 +102,28 @@ class PipelineRun:
                 failed.append((w, rc))
         if failed:
             w, rc = failed[0]
-            raise KwheelError(f"worker {w.log_path.stem} exited with {rc}; log {w.log_path}:\n{w.log()[-3000:]}")
+            raise KwheelError(
+                f"worker {w.log_path.stem} exited with {rc}; log {w.log_path}:\n{w.log()[-3000:]}"
+            )
 
     def check_workers(self) -> None:
         """Raise if a worker died (with the end of its log): waiting on it would only time out."""
         for w in self.workers:
             if not w.alive():
-                raise KwheelError(f"worker {w.log_path.stem} exited with {w.proc.returncode}; "
-                                  f"log {w.log_path}:\n{w.log()[-3000:]}")
+                raise KwheelError(
+                    f"worker {w.log_path.stem} exited with {w.proc.returncode}; "
+                    f"log {w.log_path}:\n{w.log()[-3000:]}"
+                )
 
     # ---- feeding ----------------------------------------------------------------------
-    def send(self, stream: str, key: Key, value: object, timestamp: int | None = None, id: bytes | None = None) -> bytes:
+    def send(
+        self,
+        stream: str,
+        key: Key,
+        value: object,
+        timestamp: int | None = None,
+        id: bytes | None = None,
+    ) -> bytes:
         """Send one record through this run's injector of ``stream`` (it publishes watermarks)."""
         return self._injector(stream).send(stream, key, value, timestamp, id)
 
@@ -109,18 +141,40 @@ class PipelineRun:
 
     def inject(self, name: str, timeout_s: float = 300.0, args: list[str] | None = None) -> None:
         """Run the pipeline's declared injector ``name`` to its end (``kwheel inject``)."""
-        cmd = [sys.executable, "-m", "kwheel", "inject", self.ref, name, "-b", self.bootstrap, *(args or [])]
-        done = subprocess.run(cmd, env={**os.environ, **self.env}, capture_output=True, text=True, timeout=timeout_s)
+        cmd = [
+            sys.executable,
+            "-m",
+            "kwheel",
+            "inject",
+            self.ref,
+            name,
+            "-b",
+            self.bootstrap,
+            *(args or []),
+        ]
+        done = subprocess.run(
+            cmd, env={**os.environ, **self.env}, capture_output=True, text=True, timeout=timeout_s
+        )
         if done.returncode != 0:
-            raise KwheelError(f"kwheel inject {name} exited with {done.returncode}: {done.stderr[-3000:]}")
+            raise KwheelError(
+                f"kwheel inject {name} exited with {done.returncode}: {done.stderr[-3000:]}"
+            )
 
     def _injector(self, stream: str) -> Injector:
         if stream not in self.pipeline.streams:
-            raise KwheelError(f"unknown stream {stream!r} (declared: {', '.join(self.pipeline.streams)})")
+            raise KwheelError(
+                f"unknown stream {stream!r} (declared: {', '.join(self.pipeline.streams)})"
+            )
         inj = self._injectors.get(stream)
         if inj is None:
-            inj = self._injectors[stream] = Injector(self.pipeline, TEST_INJECTOR, [stream], self.config,
-                                                     instance=stream, publish_interval_ms=None)
+            inj = self._injectors[stream] = Injector(
+                self.pipeline,
+                TEST_INJECTOR,
+                [stream],
+                self.config,
+                instance=stream,
+                publish_interval_ms=None,
+            )
         return inj
 
     # ---- inspecting -------------------------------------------------------------------
@@ -142,19 +196,28 @@ class PipelineRun:
             c = Control.decode(r.value)
             latest[c.producer] = c.watermark
         spec = self.pipeline.computations[computation]
-        return min(latest.get(task_producer_id(computation, p), MIN_WATERMARK) for p in range(spec.partitions))
+        return min(
+            latest.get(task_producer_id(computation, p), MIN_WATERMARK)
+            for p in range(spec.partitions)
+        )
 
-    def wait_for_watermark(self, computation: str, watermark: int = MAX_WATERMARK, timeout_s: float = 120.0) -> None:
+    def wait_for_watermark(
+        self, computation: str, watermark: int = MAX_WATERMARK, timeout_s: float = 120.0
+    ) -> None:
         """Wait until every task of ``computation`` published at least ``watermark`` (default:
         the end of its input, which means it processed everything before it)."""
+
         def reached() -> bool:
             self.check_workers()
             return self.output_watermark(computation) >= watermark
 
-        wait_until(reached, timeout_s, f"computation {computation!r} to reach watermark {watermark}", 0.25)
+        wait_until(
+            reached, timeout_s, f"computation {computation!r} to reach watermark {watermark}", 0.25
+        )
 
     def wait_for_outputs(self, stream: str, n: int, timeout_s: float = 120.0) -> list[Record]:
         """Wait until ``stream`` holds at least ``n`` committed records; return them."""
+
         def enough():
             self.check_workers()
             out = self.outputs(stream)

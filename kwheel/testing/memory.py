@@ -21,10 +21,28 @@ from ..kafka.partitioner import partition_for
 class MemoryMessage:
     """One committed record, with confluent-kafka's ``Message`` accessors."""
 
-    __slots__ = ("_topic", "_partition", "_offset", "_key", "_value", "_timestamp", "_headers", "seq")
+    __slots__ = (
+        "_topic",
+        "_partition",
+        "_offset",
+        "_key",
+        "_value",
+        "_timestamp",
+        "_headers",
+        "seq",
+    )
 
-    def __init__(self, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None,
-                 timestamp: int, headers: list[tuple[str, bytes]] | None, seq: int):
+    def __init__(
+        self,
+        topic: str,
+        partition: int,
+        offset: int,
+        key: bytes | None,
+        value: bytes | None,
+        timestamp: int,
+        headers: list[tuple[str, bytes]] | None,
+        seq: int,
+    ):
         self._topic = topic
         self._partition = partition
         self._offset = offset
@@ -69,18 +87,31 @@ class MemoryLog:
         self.partitions = dict(topics)  # topic -> partition count
         self._logs: dict[tuple[str, int], list[MemoryMessage]] = {}
         self._by_topic: dict[str, list[MemoryMessage]] = {t: [] for t in topics}
-        self.group_offsets: dict[tuple[str, str, int], int] = {}  # (group, topic, partition) -> next offset
-        self.epochs: dict[str, int] = {}  # transactional id -> epoch of its latest init_transactions
+        self.group_offsets: dict[
+            tuple[str, str, int], int
+        ] = {}  # (group, topic, partition) -> next offset
+        self.epochs: dict[
+            str, int
+        ] = {}  # transactional id -> epoch of its latest init_transactions
         self._seq = 0
 
     def _count(self, topic: str) -> int:
         try:
             return self.partitions[topic]
         except KeyError:
-            raise KwheelError(f"unknown topic {topic!r} (the pipeline declares {len(self.partitions)} topics)") from None
+            raise KwheelError(
+                f"unknown topic {topic!r} (the pipeline declares {len(self.partitions)} topics)"
+            ) from None
 
-    def append(self, topic: str, partition: int | None, key: bytes | None, value: bytes | None, timestamp: int,
-               headers: list[tuple[str, bytes]] | None = None) -> MemoryMessage:
+    def append(
+        self,
+        topic: str,
+        partition: int | None,
+        key: bytes | None,
+        value: bytes | None,
+        timestamp: int,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> MemoryMessage:
         n = self._count(topic)
         p = partition_for(key, n) if partition is None or partition < 0 else partition
         if p >= n:
@@ -124,13 +155,19 @@ class MemoryProducer:
 
     def init_transactions(self, timeout: float | None = None) -> None:
         """Take the transactional id, fencing whoever held it before (as Kafka bumps the epoch)."""
-        self._epoch = self.log.epochs[self.transactional_id] = self.log.epochs.get(self.transactional_id, 0) + 1
+        self._epoch = self.log.epochs[self.transactional_id] = (
+            self.log.epochs.get(self.transactional_id, 0) + 1
+        )
         self._reset()
 
     def _check_fenced(self) -> None:
         if self._epoch is not None and self.log.epochs[self.transactional_id] != self._epoch:
             self._reset()
-            raise KafkaException(KafkaError(KafkaError._FENCED, f"{self.transactional_id}: fenced by a newer producer"))
+            raise KafkaException(
+                KafkaError(
+                    KafkaError._FENCED, f"{self.transactional_id}: fenced by a newer producer"
+                )
+            )
 
     def begin_transaction(self) -> None:
         self._check_fenced()
@@ -138,18 +175,33 @@ class MemoryProducer:
             raise _state_error(f"{self.transactional_id}: a transaction is already open")
         self._in_txn = True
 
-    def produce(self, topic: str, value: bytes | None = None, key: bytes | None = None, partition: int = -1,
-                on_delivery: Callable | None = None, timestamp: int = 0, headers: list | None = None) -> None:
+    def produce(
+        self,
+        topic: str,
+        value: bytes | None = None,
+        key: bytes | None = None,
+        partition: int = -1,
+        on_delivery: Callable | None = None,
+        timestamp: int = 0,
+        headers: list | None = None,
+    ) -> None:
         if not self._in_txn:
-            raise _state_error(f"{self.transactional_id}: produce to {topic!r} outside a transaction")
+            raise _state_error(
+                f"{self.transactional_id}: produce to {topic!r} outside a transaction"
+            )
         self.log._count(topic)
-        self._records.append((topic, partition, key, value, timestamp or self._clock(), headers, on_delivery))
+        self._records.append(
+            (topic, partition, key, value, timestamp or self._clock(), headers, on_delivery)
+        )
 
-    def send_offsets_to_transaction(self, offsets: list[TopicPartition], group_metadata: object,
-                                    timeout: float | None = None) -> None:
+    def send_offsets_to_transaction(
+        self, offsets: list[TopicPartition], group_metadata: object, timeout: float | None = None
+    ) -> None:
         if not self._in_txn:
             raise _state_error(f"{self.transactional_id}: offsets sent outside a transaction")
-        self._offsets.extend((str(group_metadata), tp.topic, tp.partition, tp.offset) for tp in offsets)
+        self._offsets.extend(
+            (str(group_metadata), tp.topic, tp.partition, tp.offset) for tp in offsets
+        )
 
     def commit_transaction(self, timeout: float | None = None) -> None:
         self._check_fenced()

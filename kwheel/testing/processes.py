@@ -11,7 +11,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 
-def wait_until(predicate: Callable[[], object], timeout_s: float, what: str, interval_s: float = 0.1) -> object:
+def wait_until(
+    predicate: Callable[[], object], timeout_s: float, what: str, interval_s: float = 0.1
+) -> object:
     """Poll ``predicate`` until it returns something truthy; TimeoutError naming ``what``."""
     deadline = time.monotonic() + timeout_s
     while True:
@@ -26,10 +28,27 @@ def wait_until(predicate: Callable[[], object], timeout_s: float, what: str, int
 class WorkerProcess:
     """One ``kwheel worker`` subprocess with its output captured to a log file."""
 
-    def __init__(self, pipeline_ref: str, bootstrap: str, state_dir: Path, log_path: Path,
-                 slot: str | None = None, extra_args: list[str] | None = None, env: dict[str, str] | None = None):
-        self.args = [sys.executable, "-m", "kwheel", "worker", pipeline_ref, "--bootstrap-servers", bootstrap,
-                     "--state-dir", str(state_dir)]
+    def __init__(
+        self,
+        pipeline_ref: str,
+        bootstrap: str,
+        state_dir: Path,
+        log_path: Path,
+        slot: str | None = None,
+        extra_args: list[str] | None = None,
+        env: dict[str, str] | None = None,
+    ):
+        self.args = [
+            sys.executable,
+            "-m",
+            "kwheel",
+            "worker",
+            pipeline_ref,
+            "--bootstrap-servers",
+            bootstrap,
+            "--state-dir",
+            str(state_dir),
+        ]
         if slot:
             self.args += ["--slot", slot]
         self.args += extra_args or []
@@ -41,7 +60,13 @@ class WorkerProcess:
         with open(self.log_path, "ab") as log:
             log.write(f"=== start {' '.join(self.args[3:])}\n".encode())
             log.flush()
-            self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.env)
+            self.proc = subprocess.Popen(
+                self.args,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=self.env,
+            )
         return self
 
     @property
@@ -72,10 +97,12 @@ class WorkerProcess:
             self.proc.send_signal(signal.SIGTERM)
         try:
             return self.proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
+        except subprocess.TimeoutExpired as e:
             self.proc.kill()
             self.proc.wait(10)
-            raise TimeoutError(f"worker did not stop within {timeout_s}s after SIGTERM; log: {self.log_path}")
+            raise TimeoutError(
+                f"worker did not stop within {timeout_s}s after SIGTERM; log: {self.log_path}"
+            ) from e
 
     def stop_quietly(self, timeout_s: float = 30.0) -> None:
         """Clean-up after a test: resume the worker if paused, stop it, kill it if it hangs."""

@@ -73,8 +73,14 @@ def kwheel_pipeline_runner(kwheel_kafka, tmp_path, request):
     made: list[PipelineRun] = []
 
     def make(pipeline, ref: str, env: dict[str, str] | None = None) -> PipelineRun:
-        run = PipelineRun(kwheel_kafka.bootstrap, pipeline, ref, Path(tmp_path) / f"run-{len(made)}", env=env,
-                          pythonpath=[str(request.config.rootpath)])
+        run = PipelineRun(
+            kwheel_kafka.bootstrap,
+            pipeline,
+            ref,
+            Path(tmp_path) / f"run-{len(made)}",
+            env=env,
+            pythonpath=[str(request.config.rootpath)],
+        )
         made.append(run)
         return run
 

@@ -23,10 +23,17 @@ class CommittedRecord:
 
 def read_committed(bootstrap: str, topic: str, timeout_s: float = 30.0) -> list[CommittedRecord]:
     """Every committed record of ``topic`` (all partitions), in partition/offset order."""
-    c = Consumer({
-        "bootstrap.servers": bootstrap, "group.id": "kwheel-verify", "isolation.level": "read_committed",
-        "enable.auto.commit": False, "enable.partition.eof": True, "auto.offset.reset": "earliest", "log_level": 3,
-    })
+    c = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": "kwheel-verify",
+            "isolation.level": "read_committed",
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+            "auto.offset.reset": "earliest",
+            "log_level": 3,
+        }
+    )
     try:
         md = c.list_topics(topic, timeout=10).topics[topic]
         if md.error is not None:
@@ -39,7 +46,9 @@ def read_committed(bootstrap: str, topic: str, timeout_s: float = 30.0) -> list[
         deadline = time.monotonic() + timeout_s
         while todo:
             if time.monotonic() > deadline:
-                raise TimeoutError(f"reading {topic}: partitions {sorted(todo)} did not reach their end in {timeout_s}s")
+                raise TimeoutError(
+                    f"reading {topic}: partitions {sorted(todo)} did not reach their end in {timeout_s}s"
+                )
             for m in c.consume(10000, 0.5):
                 err = m.error()
                 if err is not None:
@@ -50,7 +59,11 @@ def read_committed(bootstrap: str, topic: str, timeout_s: float = 30.0) -> list[
                     raise KafkaException(err)
                 hdrs = tuple(m.headers() or ())
                 rid = next((v for k, v in hdrs if k == ID_HEADER), None)
-                out.append(CommittedRecord(m.key(), m.value(), m.timestamp()[1], rid, m.partition(), m.offset(), hdrs))
+                out.append(
+                    CommittedRecord(
+                        m.key(), m.value(), m.timestamp()[1], rid, m.partition(), m.offset(), hdrs
+                    )
+                )
                 if m.offset() >= ends[m.partition()] - 1:
                     todo.discard(m.partition())
         out.sort(key=lambda r: (r.partition, r.offset))
@@ -63,10 +76,16 @@ class CommittedTail:
     """Follow a topic from its start, returning newly committed records on each ``poll()``."""
 
     def __init__(self, bootstrap: str, topic: str):
-        self._c = Consumer({
-            "bootstrap.servers": bootstrap, "group.id": "kwheel-tail", "isolation.level": "read_committed",
-            "enable.auto.commit": False, "auto.offset.reset": "earliest", "log_level": 3,
-        })
+        self._c = Consumer(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": "kwheel-tail",
+                "isolation.level": "read_committed",
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest",
+                "log_level": 3,
+            }
+        )
         md = self._c.list_topics(topic, timeout=10).topics[topic]
         self._c.assign([TopicPartition(topic, p, 0) for p in md.partitions])
 
@@ -76,7 +95,11 @@ class CommittedTail:
             if m.error() is None:
                 hdrs = tuple(m.headers() or ())
                 rid = next((v for k, v in hdrs if k == ID_HEADER), None)
-                out.append(CommittedRecord(m.key(), m.value(), m.timestamp()[1], rid, m.partition(), m.offset(), hdrs))
+                out.append(
+                    CommittedRecord(
+                        m.key(), m.value(), m.timestamp()[1], rid, m.partition(), m.offset(), hdrs
+                    )
+                )
         return out
 
     def close(self) -> None:

@@ -47,7 +47,9 @@ class TestRegistry:
         self._thread: threading.Thread | None = None
 
     def start(self) -> TestRegistry:
-        self._thread = threading.Thread(target=self._server.serve_forever, name="test-registry", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="test-registry", daemon=True
+        )
         self._thread.start()
         return self
 
@@ -68,28 +70,51 @@ class TestRegistry:
         parts = [unquote(p) for p in urlsplit(path).path.strip("/").split("/")]
         with self._lock:
             self.requests.append((method, path))
-            if method == "POST" and len(parts) == 3 and parts[0] == "subjects" and parts[2] == "versions":
+            if (
+                method == "POST"
+                and len(parts) == 3
+                and parts[0] == "subjects"
+                and parts[2] == "versions"
+            ):
                 return self._register(parts[1], body or {})
             if method == "POST" and len(parts) == 2 and parts[0] == "subjects":
                 return self._lookup(parts[1], body or {})
-            if method == "GET" and len(parts) == 3 and parts[:2] == ["schemas", "ids"] and parts[2].isdigit():
+            if (
+                method == "GET"
+                and len(parts) == 3
+                and parts[:2] == ["schemas", "ids"]
+                and parts[2].isdigit()
+            ):
                 found = self._schemas.get(int(parts[2]))
                 if found is None:
                     return 404, _error(40403, f"Schema {parts[2]} not found")
                 return 200, _schema_body(*found)
             if method == "GET" and parts == ["subjects"]:
                 return 200, sorted(self._subjects)
-            if method == "GET" and len(parts) >= 3 and parts[0] == "subjects" and parts[2] == "versions":
+            if (
+                method == "GET"
+                and len(parts) >= 3
+                and parts[0] == "subjects"
+                and parts[2] == "versions"
+            ):
                 versions = self._subjects.get(parts[1])
                 if versions is None:
                     return 404, _error(40401, f"Subject '{parts[1]}' not found.")
                 if len(parts) == 3:
                     return 200, list(range(1, len(versions) + 1))
-                v = len(versions) if parts[3] == "latest" else int(parts[3]) if parts[3].isdigit() else 0
+                v = (
+                    len(versions)
+                    if parts[3] == "latest"
+                    else int(parts[3])
+                    if parts[3].isdigit()
+                    else 0
+                )
                 if not 1 <= v <= len(versions):
                     return 404, _error(40402, f"Version {parts[3]} not found.")
                 return 200, self._version(parts[1], v)
-        return 404, _error(404, f"HTTP 404 Not Found: {method} {path} is not implemented by the test registry")
+        return 404, _error(
+            404, f"HTTP 404 Not Found: {method} {path} is not implemented by the test registry"
+        )
 
     def _register(self, subject: str, body: dict) -> tuple[int, object]:
         schema, stype = body.get("schema"), body.get("schemaType", "AVRO")
@@ -122,7 +147,12 @@ class TestRegistry:
 
     def _version(self, subject: str, version: int) -> dict:
         sid = self._subjects[subject][version - 1]
-        return {"subject": subject, "version": version, "id": sid, **_schema_body(*self._schemas[sid])}
+        return {
+            "subject": subject,
+            "version": version,
+            "id": sid,
+            **_schema_body(*self._schemas[sid]),
+        }
 
 
 def _canonical(schema: str) -> str:
@@ -175,7 +205,9 @@ def _handler(registry: TestRegistry) -> type[BaseHTTPRequestHandler]:
         def do_POST(self) -> None:
             self._serve("POST")
 
-        def log_message(self, format: str, *args: object) -> None:  # quiet: tests read their own logs
+        def log_message(
+            self, format: str, *args: object
+        ) -> None:  # quiet: tests read their own logs
             pass
 
     return Handler

@@ -15,8 +15,12 @@ _SCHEMA = fastavro.parse_schema(_SCHEMA_JSON)
 # Controls written before announcements existed (no `announce`, no `owner`): read with
 # that writer schema, the new fields take their defaults. Tasks of that kwheel named no
 # owner token, so readers keep their controls until a new opener announces itself.
-_SCHEMA_V1 = fastavro.parse_schema({**_SCHEMA_JSON, "fields": [
-    f for f in _SCHEMA_JSON["fields"] if f["name"] not in ("announce", "owner")]})
+_SCHEMA_V1 = fastavro.parse_schema(
+    {
+        **_SCHEMA_JSON,
+        "fields": [f for f in _SCHEMA_JSON["fields"] if f["name"] not in ("announce", "owner")],
+    }
+)
 
 TASK = "TASK"
 INJECTOR = "INJECTOR"
@@ -39,13 +43,26 @@ class Control:
 
     def encode(self) -> bytes:
         buf = io.BytesIO()
-        fastavro.schemaless_writer(buf, _SCHEMA, {
-            "producer": self.producer, "kind": self.kind, "streams": self.streams, "watermark": self.watermark,
-            "input_watermark": self.input_watermark,
-            "positions": [{"topic": t, "partition": p, "offset": o} for t, p, o in self.positions],
-            "final": self.final, "wall_time": self.wall_time, "stats": self.stats, "incarnation": self.incarnation,
-            "announce": self.announce, "owner": self.owner,
-        })
+        fastavro.schemaless_writer(
+            buf,
+            _SCHEMA,
+            {
+                "producer": self.producer,
+                "kind": self.kind,
+                "streams": self.streams,
+                "watermark": self.watermark,
+                "input_watermark": self.input_watermark,
+                "positions": [
+                    {"topic": t, "partition": p, "offset": o} for t, p, o in self.positions
+                ],
+                "final": self.final,
+                "wall_time": self.wall_time,
+                "stats": self.stats,
+                "incarnation": self.incarnation,
+                "announce": self.announce,
+                "owner": self.owner,
+            },
+        )
         return buf.getvalue()
 
     @classmethod
@@ -55,10 +72,18 @@ class Control:
         except (EOFError, ValueError, IndexError):
             d = fastavro.schemaless_reader(io.BytesIO(data), _SCHEMA_V1, _SCHEMA)
         return cls(
-            producer=d["producer"], kind=d["kind"], streams=list(d["streams"]), watermark=d["watermark"],
+            producer=d["producer"],
+            kind=d["kind"],
+            streams=list(d["streams"]),
+            watermark=d["watermark"],
             positions=[(p["topic"], p["partition"], p["offset"]) for p in d["positions"]],
-            wall_time=d["wall_time"], input_watermark=d["input_watermark"], final=d["final"], stats=dict(d["stats"]),
-            incarnation=d["incarnation"], announce=d["announce"], owner=d["owner"],
+            wall_time=d["wall_time"],
+            input_watermark=d["input_watermark"],
+            final=d["final"],
+            stats=dict(d["stats"]),
+            incarnation=d["incarnation"],
+            announce=d["announce"],
+            owner=d["owner"],
         )
 
     @property

@@ -27,8 +27,17 @@ from .upstream import WatermarkTable
 
 def announcement(table: WatermarkTable, pid: str, streams: list[str], wall_ms: int) -> Control:
     """The control claiming task ``pid`` for a new opening: the next incarnation, a fresh token."""
-    return Control(pid, TASK, list(streams), MIN_WATERMARK, [], wall_ms, incarnation=table.incarnation(pid) + 1,
-                   announce=True, owner=uuid.uuid4().hex[:16])
+    return Control(
+        pid,
+        TASK,
+        list(streams),
+        MIN_WATERMARK,
+        [],
+        wall_ms,
+        incarnation=table.incarnation(pid) + 1,
+        announce=True,
+        owner=uuid.uuid4().hex[:16],
+    )
 
 
 def still_owner(table: WatermarkTable, pid: str, incarnation: int, token: str) -> bool:
@@ -36,14 +45,33 @@ def still_owner(table: WatermarkTable, pid: str, incarnation: int, token: str) -
     return table.owner(pid) == (incarnation, token)
 
 
-def owner_control(table: WatermarkTable, pid: str, incarnation: int, token: str, streams: list[str], watermark: int,
-                  positions: list[tuple[str, int, int]], wall_ms: int, input_watermark: int = MIN_WATERMARK,
-                  stats: dict[str, int] | None = None) -> Control | None:
+def owner_control(
+    table: WatermarkTable,
+    pid: str,
+    incarnation: int,
+    token: str,
+    streams: list[str],
+    watermark: int,
+    positions: list[tuple[str, int, int]],
+    wall_ms: int,
+    input_watermark: int = MIN_WATERMARK,
+    stats: dict[str, int] | None = None,
+) -> Control | None:
     """The task's next watermark control, or None if this opening no longer owns the task
     (readers would drop it). The watermark is lifted to what the task published before:
     ``positions`` are read after those controls were published, so a reader past them is
     past theirs and could use that watermark already."""
     if not still_owner(table, pid, incarnation, token):
         return None
-    return Control(pid, TASK, list(streams), max(watermark, table.published(pid)), positions, wall_ms,
-                   input_watermark, stats=stats or {}, incarnation=incarnation, owner=token)
+    return Control(
+        pid,
+        TASK,
+        list(streams),
+        max(watermark, table.published(pid)),
+        positions,
+        wall_ms,
+        input_watermark,
+        stats=stats or {},
+        incarnation=incarnation,
+        owner=token,
+    )

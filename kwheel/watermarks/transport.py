@@ -5,7 +5,14 @@ from __future__ import annotations
 import logging
 import time
 
-from confluent_kafka import Consumer, IsolationLevel, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import (
+    Consumer,
+    IsolationLevel,
+    KafkaError,
+    KafkaException,
+    Producer,
+    TopicPartition,
+)
 from confluent_kafka.admin import OffsetSpec
 
 from ..config import WorkerConfig
@@ -42,16 +49,22 @@ class WatermarkReader:
                 self.table.add(Control.decode(m.value()))
                 n += 1
             except Exception as e:  # a foreign or corrupt record must not stop the pipeline
-                log.warning("skipping malformed control record at %s[0]@%d: %s", self.topic, m.offset(), e)
+                log.warning(
+                    "skipping malformed control record at %s[0]@%d: %s", self.topic, m.offset(), e
+                )
         return n
 
     def catch_up(self, timeout_s: float) -> None:
         """Read to the current end, so producers resume above what they published before."""
         _, high = self._c.get_watermark_offsets(TopicPartition(self.topic, 0), timeout=timeout_s)
         deadline = time.monotonic() + timeout_s
-        while self._c.position([TopicPartition(self.topic, 0)])[0].offset < high and self._end < high:
+        while (
+            self._c.position([TopicPartition(self.topic, 0)])[0].offset < high and self._end < high
+        ):
             if time.monotonic() > deadline:
-                raise BrokerError(f"could not read the watermark topic {self.topic} to its end within {timeout_s:g}s")
+                raise BrokerError(
+                    f"could not read the watermark topic {self.topic} to its end within {timeout_s:g}s"
+                )
             self.poll(0.1)
 
     def close(self) -> None:
@@ -76,12 +89,15 @@ class WatermarkPublisher:
             return {}
         futs = self._admin.list_offsets(
             {TopicPartition(t, p): OffsetSpec.latest() for t, p in tps},
-            isolation_level=IsolationLevel.READ_UNCOMMITTED, request_timeout=self._timeout,
+            isolation_level=IsolationLevel.READ_UNCOMMITTED,
+            request_timeout=self._timeout,
         )
         return {(tp.topic, tp.partition): f.result().offset for tp, f in futs.items()}
 
     def publish(self, control: Control) -> None:
-        self._producer.produce(self.topic, control.encode(), control.key, timestamp=control.wall_time)
+        self._producer.produce(
+            self.topic, control.encode(), control.key, timestamp=control.wall_time
+        )
         self._producer.poll(0)
 
     def flush(self, timeout_s: float = 10.0) -> int:

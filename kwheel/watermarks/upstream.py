@@ -45,7 +45,9 @@ class WatermarkTable:
         self.entries: dict[str, list[Control]] = {}  # producer -> kept controls, oldest first
         self._levels: dict[str, list[list[Control]]] = {}  # producer -> levels, the newest first
         self.announcements: dict[str, Control] = {}  # task -> its owner's announcement
-        self._newest: dict[str, int] = {}  # task -> the highest incarnation any of its records named
+        self._newest: dict[
+            str, int
+        ] = {}  # task -> the highest incarnation any of its records named
         self._top: dict[str, int] = {}  # producer -> highest watermark it published
 
     def add(self, c: Control) -> bool:
@@ -106,8 +108,11 @@ class WatermarkTable:
         return self._newest.get(producer, 0)
 
     def injectors_of(self, stream: str) -> list[str]:
-        return [p for p, hist in self.entries.items()
-                if hist and hist[-1].kind == INJECTOR and stream in hist[-1].streams]
+        return [
+            p
+            for p, hist in self.entries.items()
+            if hist and hist[-1].kind == INJECTOR and stream in hist[-1].streams
+        ]
 
 
 @dataclass(frozen=True)
@@ -122,7 +127,9 @@ def feeding(pipeline: Pipeline, computations: list[str]) -> Callable[[Control], 
     feeds = [f for c in computations for f in Upstream(pipeline, c, 0).feeds]
     tasks = {pid for f in feeds for pid in f.tasks}
     injected = {f.stream for f in feeds if f.injected}
-    return lambda c: c.producer in tasks or (c.kind == INJECTOR and not injected.isdisjoint(c.streams))
+    return lambda c: (
+        c.producer in tasks or (c.kind == INJECTOR and not injected.isdisjoint(c.streams))
+    )
 
 
 class Upstream:
@@ -170,7 +177,9 @@ class Upstream:
             partition, topics = self.partition, self.input_topics
 
             def passed(c: Control) -> bool:
-                return all(consumed(t) >= o for t, p, o in c.positions if p == partition and t in topics)
+                return all(
+                    consumed(t) >= o for t, p, o in c.positions if p == partition and t in topics
+                )
 
             # Positions never go down along a producer's history, so the controls this task
             # passed are a prefix of it: find its end by bisection (newest first, the usual

@@ -1,13 +1,13 @@
 """The chaos pipeline: injector -> per-user windows (timers) -> per-region windows (re-keyed) -> output.
 
-    events (injected, keyed by user)
-      -> user_windows: per user, 1 s tumbling windows: count and sum of amounts; and one
-         greeting per user from a wall-time timer set at its first record
-      -> user_totals (keyed by user), greetings
-      -> region_windows: re-keyed by region through a repartition topic, 1 s tumbling
-         windows over the user totals' times: count and sum again; it lags behind
-         (KWHEEL_CHAOS_LAG_MS of work per record), so faults upstream meet its backlog
-      -> region_totals
+events (injected, keyed by user)
+  -> user_windows: per user, 1 s tumbling windows: count and sum of amounts; and one
+     greeting per user from a wall-time timer set at its first record
+  -> user_totals (keyed by user), greetings
+  -> region_windows: re-keyed by region through a repartition topic, 1 s tumbling
+     windows over the user totals' times: count and sum again; it lags behind
+     (KWHEEL_CHAOS_LAG_MS of work per record), so faults upstream meet its backlog
+  -> region_totals
 """
 
 import os
@@ -33,7 +33,11 @@ class UserWindows(WindowedAggregation):
         return [acc[0] + 1, acc[1] + record.value["amount"]]
 
     def emit(self, ctx, window, acc):
-        ctx.produce("user_totals", ctx.key, {"user": ctx.key, "start": window.start, "n": acc[0], "sum": acc[1]})
+        ctx.produce(
+            "user_totals",
+            ctx.key,
+            {"user": ctx.key, "start": window.start, "n": acc[0], "sum": acc[1]},
+        )
 
     def process_record(self, ctx, record):
         super().process_record(ctx, record)
@@ -63,8 +67,11 @@ class RegionWindows(WindowedAggregation):
         super().process_record(ctx, record)
 
     def emit(self, ctx, window, acc):
-        ctx.produce("region_totals", ctx.key, {"region": ctx.key, "start": window.start, "users": acc[0],
-                                               "n": acc[1], "sum": acc[2]})
+        ctx.produce(
+            "region_totals",
+            ctx.key,
+            {"region": ctx.key, "start": window.start, "users": acc[0], "n": acc[1], "sum": acc[2]},
+        )
 
 
 def chaos(name: str | None = None) -> Pipeline:
@@ -73,8 +80,14 @@ def chaos(name: str | None = None) -> Pipeline:
     p.stream("user_totals", partitions=6, value="json")
     p.stream("region_totals", partitions=3, value="json")
     p.stream("greetings", partitions=2, value="json")
-    p.computation("user_windows", UserWindows, inputs=["events"], outputs=["user_totals", "greetings"])
-    p.computation("region_windows", RegionWindows,
-                  inputs=[Input("user_totals", key_by=lambda r: region_of(r.value["user"]))],
-                  outputs=["region_totals"], partitions=3)
+    p.computation(
+        "user_windows", UserWindows, inputs=["events"], outputs=["user_totals", "greetings"]
+    )
+    p.computation(
+        "region_windows",
+        RegionWindows,
+        inputs=[Input("user_totals", key_by=lambda r: region_of(r.value["user"]))],
+        outputs=["region_totals"],
+        partitions=3,
+    )
     return p

@@ -22,7 +22,12 @@ from kwheel.testing.processes import WorkerProcess, wait_until
 from kwheel.testing.readers import read_committed
 from kwheel.watermarks import MAX_WATERMARK, MIN_WATERMARK
 from tests.chaos.pipeline import chaos, region_of
-from tests.helpers import latest_watermark, read_controls, records_behind_a_usable_watermark, setup_topics
+from tests.helpers import (
+    latest_watermark,
+    read_controls,
+    records_behind_a_usable_watermark,
+    setup_topics,
+)
 
 REF = "tests.chaos.pipeline:chaos"
 LONG = os.environ.get("KWHEEL_CHAOS") == "long"
@@ -35,8 +40,11 @@ COMPUTATIONS = ("user_windows", "region_windows")
 # Sessions outlive a broker stall, so a stall is a stall (clients retry), not a rebalance storm.
 # Transactions time out sooner than a stall lasts, so stalls abort transactions whose
 # watermark was raised. The last stage lags (work per record), so faults meet its backlog.
-WORKER_ENV = {"KWHEEL_SESSION_TIMEOUT_MS": "30000", "KWHEEL_TRANSACTION_TIMEOUT_MS": "6000",
-              "KWHEEL_CHAOS_LAG_MS": "0" if LONG else "2"}
+WORKER_ENV = {
+    "KWHEEL_SESSION_TIMEOUT_MS": "30000",
+    "KWHEEL_TRANSACTION_TIMEOUT_MS": "6000",
+    "KWHEEL_CHAOS_LAG_MS": "0" if LONG else "2",
+}
 # Transactions of at most 500 records, so faults land inside open ones. Long mode commits
 # a backlog once a second rather than every 100 ms, so a key's changelog record covers more
 # of its records: the embedded broker holds every record in memory and snapshots it all to
@@ -71,19 +79,36 @@ class Driver:
         self.generation[slot] += 1
         g = self.generation[slot]
         state = self.tmp / (f"state-{slot}-{g}" if fresh_state else f"state-{slot}")
-        w = self.make(REF, self.name, slot=slot, state_dir=state, tag=f"{slot}.{g}",
-                      args=["--computation", comp, "--batch-size", BATCH_SIZE], env=WORKER_ENV)
+        w = self.make(
+            REF,
+            self.name,
+            slot=slot,
+            state_dir=state,
+            tag=f"{slot}.{g}",
+            args=["--computation", comp, "--batch-size", BATCH_SIZE],
+            env=WORKER_ENV,
+        )
         self.static[slot] = w
-        self.note(f"start {slot} (gen {g}, pid {w.pid}, {'fresh' if fresh_state else 'kept'} state)")
+        self.note(
+            f"start {slot} (gen {g}, pid {w.pid}, {'fresh' if fresh_state else 'kept'} state)"
+        )
         return w
 
     def supervise(self) -> None:
         """Restart a slot whose process ended on its own, as systemd or Kubernetes would
         (a worker exits when it finds itself fenced or its broker session lost for good)."""
         for slot, w in sorted(self.static.items()):
-            if not w.alive() and w.proc.returncode is not None and not getattr(w, "stopped_by_driver", False):
-                tail = [line for line in w.log().splitlines() if line.startswith("kwheel: error")][-1:]
-                self.note(f"{slot} (pid {w.pid}) exited by itself with {w.proc.returncode}: {tail}; restarting it")
+            if (
+                not w.alive()
+                and w.proc.returncode is not None
+                and not getattr(w, "stopped_by_driver", False)
+            ):
+                tail = [line for line in w.log().splitlines() if line.startswith("kwheel: error")][
+                    -1:
+                ]
+                self.note(
+                    f"{slot} (pid {w.pid}) exited by itself with {w.proc.returncode}: {tail}; restarting it"
+                )
                 w.stopped_by_driver = True
                 self.start(slot)
 
@@ -112,27 +137,45 @@ class Driver:
         self.note(f"SIGSTOP {slot} (pid {old.pid}): it becomes a zombie")
         new = self.start(slot, fresh_state=True)  # restarted elsewhere: the hung one holds its disk
         try:
-            wait_until(lambda: "assigned and ready" in new.log() or not new.alive(), 60, f"{slot}'s replacement to take over")
-        except TimeoutError:  # seen on the embedded broker: the coordinator holds the zombie's place
+            wait_until(
+                lambda: "assigned and ready" in new.log() or not new.alive(),
+                60,
+                f"{slot}'s replacement to take over",
+            )
+        except (
+            TimeoutError
+        ):  # seen on the embedded broker: the coordinator holds the zombie's place
             self.note(f"{slot}'s replacement got no partitions in 60 s; resuming the zombie anyway")
         old.resume()
         self.note(f"SIGCONT {slot} zombie (pid {old.pid})")
         # One of the two must give up, saying it was fenced. On Kafka it is the zombie; the
         # embedded broker's coordinator sometimes lets the resumed zombie rejoin, and then
         # the zombie (as a new incarnation) fences its replacement instead.
-        loser = wait_until(lambda: next((w for w in (old, new) if not w.alive()), None), 120 if LONG else 60,
-                           f"the zombie {slot} or its replacement to stop")
+        loser = wait_until(
+            lambda: next((w for w in (old, new) if not w.alive()), None),
+            120 if LONG else 60,
+            f"the zombie {slot} or its replacement to stop",
+        )
         winner = new if loser is old else old
         rc = loser.wait(10)
-        self.note(f"{'zombie' if loser is old else 'replacement'} of {slot} (pid {loser.pid}) exited with {rc}")
-        assert rc != 0 and "fenced" in loser.log(), f"{slot}: pid {loser.pid} stopped without saying it was fenced"
+        self.note(
+            f"{'zombie' if loser is old else 'replacement'} of {slot} (pid {loser.pid}) exited with {rc}"
+        )
+        assert rc != 0 and "fenced" in loser.log(), (
+            f"{slot}: pid {loser.pid} stopped without saying it was fenced"
+        )
         self.static[slot] = winner
         winner.stopped_by_driver = False
 
     def add(self) -> None:
         comp = self.rng.choice(COMPUTATIONS)
-        w = self.make(REF, self.name, tag=f"dyn-{comp}-{len(self.dynamic)}",
-                      args=["--computation", comp, "--batch-size", BATCH_SIZE], env=WORKER_ENV)
+        w = self.make(
+            REF,
+            self.name,
+            tag=f"dyn-{comp}-{len(self.dynamic)}",
+            args=["--computation", comp, "--batch-size", BATCH_SIZE],
+            env=WORKER_ENV,
+        )
         self.dynamic.append(w)
         self.note(f"add dynamic {comp} worker (pid {w.pid})")
 
@@ -143,7 +186,9 @@ class Driver:
         if not w.alive():  # it ended on its own: fenced by a newer owner of one of its tasks
             rc = w.proc.returncode
             tail = [line for line in w.log().splitlines() if line.startswith("kwheel: error")][-1:]
-            self.note(f"remove dynamic worker (pid {w.pid}): it had exited by itself with {rc}: {tail}")
+            self.note(
+                f"remove dynamic worker (pid {w.pid}): it had exited by itself with {rc}: {tail}"
+            )
             assert rc != 0 and tail and "fenced" in tail[0], w.log()[-3000:]
             return
         rc = w.stop(60)
@@ -156,8 +201,11 @@ class Driver:
         if not self.injecting.is_set():
             return self.kill()
         self.restart_injector.set()
-        wait_until(lambda: not self.restart_injector.is_set() or not self.injecting.is_set(), 30,
-                   "the injector to restart")
+        wait_until(
+            lambda: not self.restart_injector.is_set() or not self.injecting.is_set(),
+            30,
+            "the injector to restart",
+        )
         self.note("injector killed and restarted")
 
     def stall(self) -> None:
@@ -201,12 +249,22 @@ class Driver:
                 # members are named kwheel-<slot>-<pid>; the embedded broker keeps members of
                 # dead processes for ever, which is harmless as long as they own nothing
                 pids = {w.pid for w in [*self.static.values(), *self.dynamic] if w.alive()}
-                owned = {(tp.topic, tp.partition) for m in d.members
-                         if int(m.client_id.rsplit("-", 1)[-1]) in pids for tp in m.assignment.topic_partitions}
+                owned = {
+                    (tp.topic, tp.partition)
+                    for m in d.members
+                    if int(m.client_id.rsplit("-", 1)[-1]) in pids
+                    for tp in m.assignment.topic_partitions
+                }
                 members = sum(1 for m in d.members if int(m.client_id.rsplit("-", 1)[-1]) in pids)
-                if d.state.name != "STABLE" or members != live or len(owned) != p.computations[comp].partitions:
-                    last[0] = f"{comp}: {d.state.name}, {members} live members ({len(d.members)} in all) for " \
-                              f"{live} live workers, {len(owned)} of {p.computations[comp].partitions} partitions owned"
+                if (
+                    d.state.name != "STABLE"
+                    or members != live
+                    or len(owned) != p.computations[comp].partitions
+                ):
+                    last[0] = (
+                        f"{comp}: {d.state.name}, {members} live members ({len(d.members)} in all) for "
+                        f"{live} live workers, {len(owned)} of {p.computations[comp].partitions} partitions owned"
+                    )
                     return False
             return True
 
@@ -218,7 +276,12 @@ class Driver:
             self.note(f"groups did not settle: {last[0]}")
             self.restart_group(last[0].split(":")[0])
             try:
-                wait_until(settled, 120, "the consumer groups to settle after restarting a group", interval_s=0.5)
+                wait_until(
+                    settled,
+                    120,
+                    "the consumer groups to settle after restarting a group",
+                    interval_s=0.5,
+                )
             except TimeoutError:
                 self.note(f"groups did not settle: {last[0]}")
                 raise
@@ -261,7 +324,9 @@ def inject(kafka, p, rng, stop: threading.Event, out: dict, d: Driver) -> None:
     """Inject RECORDS events at RATE per second with bounded disorder; publish the watermark.
     When the driver asks, the injector is killed and restarted (``Driver.injector``)."""
     cfg = WorkerConfig(bootstrap_servers=kafka.bootstrap)
-    t0 = (int(time.time()) - RECORDS // 100 - 60) * 1000  # ~10 ms of event time per record, in the past
+    t0 = (
+        int(time.time()) - RECORDS // 100 - 60
+    ) * 1000  # ~10 ms of event time per record, in the past
     events = []
     for i in range(RECORDS):
         ts = t0 + i * 10 + rng.randrange(DISORDER_MS // 2)
@@ -269,8 +334,9 @@ def inject(kafka, p, rng, stop: threading.Event, out: dict, d: Driver) -> None:
     out["events"] = events
 
     def start():
-        return Injector(p, "events", ["events"], cfg, instance="chaos", publish_interval_ms=None), \
-            BoundedDisorder(DISORDER_MS)
+        return Injector(
+            p, "events", ["events"], cfg, instance="chaos", publish_interval_ms=None
+        ), BoundedDisorder(DISORDER_MS)
 
     inj, policy = start()
     d.injecting.set()
@@ -283,7 +349,9 @@ def inject(kafka, p, rng, stop: threading.Event, out: dict, d: Driver) -> None:
             i = max(0, flushed - rng.randrange(300))  # re-sent copies carry the same ids
             d.restart_injector.clear()
         user, ts, amount = events[i]
-        inj.send("events", user, {"user": user, "amount": amount}, timestamp=ts, id=f"e{i}".encode())
+        inj.send(
+            "events", user, {"user": user, "amount": amount}, timestamp=ts, id=f"e{i}".encode()
+        )
         inj.advance(policy.observe(ts))
         i += 1
         if i % 200 == 0:
@@ -304,7 +372,9 @@ def reference(events):
         u[1] += amount
     regions = defaultdict(lambda: [0, 0, 0])
     for (user, start), (n, s) in users.items():
-        r = regions[(region_of(user), start + 1000)]  # user totals are stamped at their window's end
+        r = regions[
+            (region_of(user), start + 1000)
+        ]  # user totals are stamped at their window's end
         r[0] += 1
         r[1] += n
         r[2] += s
@@ -322,7 +392,9 @@ def test_chaos(kafka, name, workers, tmp_path):
     d.start_all()
     d.settle()
     stop, out = threading.Event(), {}
-    feeder = threading.Thread(target=inject, args=(kafka, p, random.Random(rng.random()), stop, out, d), daemon=True)
+    feeder = threading.Thread(
+        target=inject, args=(kafka, p, random.Random(rng.random()), stop, out, d), daemon=True
+    )
     feeder.start()
     try:
         interval = (RECORDS / RATE) / (MIN_FAULTS + 2)
@@ -331,12 +403,19 @@ def test_chaos(kafka, name, workers, tmp_path):
         while feeder.is_alive():
             feeder.join(interval * d.rng.uniform(0.5, 1.0))
             if feeder.is_alive():
-                d.fault("stall" if sum(d.faults.values()) == mid_stall else None)  # one with batches open
+                d.fault(
+                    "stall" if sum(d.faults.values()) == mid_stall else None
+                )  # one with batches open
         while sum(d.faults.values()) < MIN_FAULTS:
             d.fault()
         d.note(f"injection done; faults {dict(d.faults)}; group restarts {d.group_restarts}")
-        wait_until(lambda: latest_watermark(kafka.bootstrap, name, "task:region_windows/") == MAX_WATERMARK,
-                   180 if not LONG else 1800, "the last stage to see the end of input")
+        wait_until(
+            lambda: (
+                latest_watermark(kafka.bootstrap, name, "task:region_windows/") == MAX_WATERMARK
+            ),
+            180 if not LONG else 1800,
+            "the last stage to see the end of input",
+        )
         d.stop_all()
     except BaseException:
         stop.set()
@@ -346,23 +425,40 @@ def test_chaos(kafka, name, workers, tmp_path):
     assert sum(d.faults.values()) >= MIN_FAULTS
     want_users, want_regions = reference(out["events"])
     try:
-        check(kafka, f"{name}.user_totals", lambda v: ((v["user"], v["start"]), (v["n"], v["sum"])), want_users)
-        check(kafka, f"{name}.region_totals",
-              lambda v: ((v["region"], v["start"]), (v["users"], v["n"], v["sum"])), want_regions)
+        check(
+            kafka,
+            f"{name}.user_totals",
+            lambda v: ((v["user"], v["start"]), (v["n"], v["sum"])),
+            want_users,
+        )
+        check(
+            kafka,
+            f"{name}.region_totals",
+            lambda v: ((v["region"], v["start"]), (v["users"], v["n"], v["sum"])),
+            want_regions,
+        )
     except AssertionError:
         dump(kafka, p, tmp_path / "dump", out["events"])
         raise
     last = {}
     for c in read_controls(kafka.bootstrap, name):
-        assert c.watermark >= last.get(c.producer, MIN_WATERMARK), f"{c.producer} watermark went backwards"
+        assert c.watermark >= last.get(c.producer, MIN_WATERMARK), (
+            f"{c.producer} watermark went backwards"
+        )
         last[c.producer] = c.watermark
     # no record was late: none could be behind a watermark its reader was allowed to use
     for comp in COMPUTATIONS:
         behind = records_behind_a_usable_watermark(kafka.bootstrap, p, comp)
-        assert not behind, f"{comp}: {len(behind)} records behind a usable watermark, e.g. {behind[:3]}"
+        assert not behind, (
+            f"{comp}: {len(behind)} records behind a usable watermark, e.g. {behind[:3]}"
+        )
     # wall-time timers fired once each: one greeting per user
-    greeted = [json.loads(r.value)["user"] for r in read_committed(kafka.bootstrap, f"{name}.greetings")]
-    assert sorted(greeted) == sorted({u for u, _, _ in out["events"]}), "a wall-time timer fired twice or never"
+    greeted = [
+        json.loads(r.value)["user"] for r in read_committed(kafka.bootstrap, f"{name}.greetings")
+    ]
+    assert sorted(greeted) == sorted({u for u, _, _ in out["events"]}), (
+        "a wall-time timer fired twice or never"
+    )
 
 
 def dump(kafka, p, folder, events) -> None:
@@ -372,8 +468,19 @@ def dump(kafka, p, folder, events) -> None:
     for topic in p.topics():
         with open(folder / f"{topic}.jsonl", "w") as f:
             for r in read_committed(kafka.bootstrap, topic):
-                f.write(json.dumps({"p": r.partition, "o": r.offset, "ts": r.timestamp, "id": (r.id or b"").hex(),
-                                    "key": (r.key or b"").hex(), "value": (r.value or b"").hex()}) + "\n")
+                f.write(
+                    json.dumps(
+                        {
+                            "p": r.partition,
+                            "o": r.offset,
+                            "ts": r.timestamp,
+                            "id": (r.id or b"").hex(),
+                            "key": (r.key or b"").hex(),
+                            "value": (r.value or b"").hex(),
+                        }
+                    )
+                    + "\n"
+                )
 
 
 def check(kafka, topic, unpack, want):
@@ -389,7 +496,8 @@ def check(kafka, topic, unpack, want):
     extra = sorted(set(got) - set(want))[:5]
     wrong = sorted(k for k in set(got) & set(want) if got[k] != want[k])[:5]
     assert not (missing or extra or wrong), (
-        f"{topic}: missing {missing}, unexpected {extra}, wrong {[(k, got[k], want[k]) for k in wrong]}")
+        f"{topic}: missing {missing}, unexpected {extra}, wrong {[(k, got[k], want[k]) for k in wrong]}"
+    )
 
 
 pytestmark = pytest.mark.timeout(3600 if LONG else 600)

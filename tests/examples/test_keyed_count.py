@@ -6,7 +6,9 @@ from collections import Counter
 from examples.keyed_count import build
 
 REF = "examples.keyed_count:pipeline"
-EVENTS = [(f"user{i % 7}", {"user": f"user{i % 7}", "action": "click", "seq": i}) for i in range(300)]
+EVENTS = [
+    (f"user{i % 7}", {"user": f"user{i % 7}", "action": "click", "seq": i}) for i in range(300)
+]
 
 
 def test_counts_per_user_in_the_driver(kwheel_driver):
@@ -34,5 +36,6 @@ def test_counts_end_to_end_match_the_driver(kwheel_driver, kwheel_pipeline_runne
     on_kafka = run.wait_for_outputs("counts", len(EVENTS), 60)
     run.stop_workers()
     # ids too: outputs derive theirs from their inputs', the same on both sides
-    assert sorted((r.key, r.value["count"], r.timestamp, r.id) for r in on_kafka) == \
-        sorted((r.key, r.value["count"], r.timestamp, r.id) for r in d.outputs("counts"))
+    assert sorted((r.key, r.value["count"], r.timestamp, r.id) for r in on_kafka) == sorted(
+        (r.key, r.value["count"], r.timestamp, r.id) for r in d.outputs("counts")
+    )

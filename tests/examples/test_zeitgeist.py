@@ -18,8 +18,11 @@ def traffic(start_ms: int) -> Traffic:
 
 def env(name: str, start_ms: int) -> dict[str, str]:
     """How worker and injector processes build the same pipeline (examples/zeitgeist/pipeline.py)."""
-    return {"KWHEEL_ZEITGEIST_NAME": name, "KWHEEL_ZEITGEIST_START_MS": str(start_ms),
-            **{f"KWHEEL_ZEITGEIST_{k.upper()}": str(v) for k, v in PARAMS.items()}}
+    return {
+        "KWHEEL_ZEITGEIST_NAME": name,
+        "KWHEEL_ZEITGEIST_START_MS": str(start_ms),
+        **{f"KWHEEL_ZEITGEIST_{k.upper()}": str(v) for k, v in PARAMS.items()},
+    }
 
 
 def test_the_model_finds_the_planted_anomalies_in_the_driver(kwheel_driver):
@@ -36,12 +39,17 @@ def test_the_model_finds_the_planted_anomalies_in_the_driver(kwheel_driver):
         missing = [s for s in a.window_starts if (a.query, a.kind, s) not in found]
         assert not missing, f"planted {a.kind} of {a.query} not reported for windows {missing}"
     planted_windows = {(a.query, a.kind, s) for a in planted for s in a.window_starts}
-    assert len(found - planted_windows) <= FALSE_POSITIVE_BOUND, f"unexplained: {sorted(found - planted_windows)}"
+    assert len(found - planted_windows) <= FALSE_POSITIVE_BOUND, (
+        f"unexplained: {sorted(found - planted_windows)}"
+    )
     # one count per query and window (every query has traffic in every window but its dips)
     dips = sum(a.windows for a in planted if a.kind == "dip")
     assert len(d.outputs("counts")) == PARAMS["queries"] * PARAMS["seconds"] - dips
     model = d.state("model", "query-000")
-    assert model["n"] >= WARMUP_WINDOWS and model["last"] == t.start_ms + (PARAMS["seconds"] - 1) * 1000
+    assert (
+        model["n"] >= WARMUP_WINDOWS
+        and model["last"] == t.start_ms + (PARAMS["seconds"] - 1) * 1000
+    )
     assert d.timers("model") == []  # the input ended: no window is awaited any more
 
 
@@ -50,11 +58,20 @@ def test_an_empty_window_is_noticed_by_the_models_timer(kwheel_driver):
     for start in range(0, 12_000, 1000):  # warm up on a steady 50 per window
         d.send("counts", "q", {"query": "q", "start": start, "count": 50}, timestamp=start + 1000)
     d.advance_watermark("counts", 12_999)
-    assert [t.timestamp for t in d.timers("model", "q")] == [13_000]  # awaiting the count of window 12 s
+    assert [t.timestamp for t in d.timers("model", "q")] == [
+        13_000
+    ]  # awaiting the count of window 12 s
     assert d.outputs("anomalies") == []
     d.advance_watermark("counts", 13_000)  # it never came: the window was empty, far below 50
     [dip] = d.outputs("anomalies")
-    assert dip.value == {"query": "q", "kind": "dip", "start": 12_000, "count": 0, "expected": 50.0, "magnitude": 0.0}
+    assert dip.value == {
+        "query": "q",
+        "kind": "dip",
+        "start": 12_000,
+        "count": 0,
+        "expected": 50.0,
+        "magnitude": 0.0,
+    }
     assert d.state("model", "q")["idle"] == 1
     assert [t.timestamp for t in d.timers("model", "q")] == [14_000]
     d.advance_watermark("counts", 100_000)
@@ -62,7 +79,9 @@ def test_an_empty_window_is_noticed_by_the_models_timer(kwheel_driver):
     assert d.timers("model") == []
 
 
-def test_the_driver_and_workers_on_kafka_commit_identical_outputs(kwheel_driver, kwheel_pipeline_runner, name):
+def test_the_driver_and_workers_on_kafka_commit_identical_outputs(
+    kwheel_driver, kwheel_pipeline_runner, name
+):
     start_ms = (int(time.time()) - PARAMS["seconds"]) * 1000  # recent: brokers keep such records
     d = kwheel_driver(build(name, traffic(start_ms)), wall_clock_ms=0)
     d.run_injector("queries")
@@ -78,4 +97,6 @@ def test_the_driver_and_workers_on_kafka_commit_identical_outputs(kwheel_driver,
     for stream in ("counts", "anomalies"):
         in_driver, on_kafka = rows(d.outputs(stream)), rows(run.outputs(stream))
         assert len(in_driver) > 0
-        assert on_kafka == in_driver, f"{stream}: {len(on_kafka)} records on Kafka, {len(in_driver)} in the driver"
+        assert on_kafka == in_driver, (
+            f"{stream}: {len(on_kafka)} records on Kafka, {len(in_driver)} in the driver"
+        )

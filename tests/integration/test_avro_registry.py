@@ -36,13 +36,20 @@ def serializer(sr, version: str) -> AvroSerializer:
 
 def produce(bootstrap: str, topic: str, records: list[tuple[str, bytes]]) -> list[tuple[int, int]]:
     """Send raw (key, value) records as an outside producer would; return (partition, offset) of each."""
-    p = Producer({"bootstrap.servers": bootstrap, "partitioner": "murmur2_random", "enable.idempotence": True})
+    p = Producer(
+        {
+            "bootstrap.servers": bootstrap,
+            "partitioner": "murmur2_random",
+            "enable.idempotence": True,
+        }
+    )
     where: list[tuple[int, int] | None] = [None] * len(records)
 
     def delivered(i):
         def cb(err, msg):
             assert err is None, err
             where[i] = (msg.partition(), msg.offset())
+
         return cb
 
     for i, (k, v) in enumerate(records):
@@ -62,17 +69,23 @@ def good_events(sr, topic: str, n: int, keys: int) -> list[tuple[str, bytes, dic
         if i % 2 == 0:
             out.append((k, v1({"user": k, "seq": i}, ctx), {"seq": i, "tier": "free"}))
         else:
-            out.append((k, v2({"user": k, "seq": i, "tier": "gold"}, ctx), {"seq": i, "tier": "gold"}))
+            out.append(
+                (k, v2({"user": k, "seq": i, "tier": "gold"}, ctx), {"seq": i, "tier": "gold"})
+            )
     return out
 
 
-def test_v1_and_v2_writers_are_read_with_the_v2_reader_exactly(kafka, name, workers, sr, registry_env, schema_registry):
+def test_v1_and_v2_writers_are_read_with_the_v2_reader_exactly(
+    kafka, name, workers, sr, registry_env, schema_registry
+):
     p = avro_evolve(name)
     setup_topics(kafka.bootstrap, p)
     events = good_events(sr, f"{name}.events", 300, keys=7)
     produce(kafka.bootstrap, f"{name}.events", [(k, v) for k, v, _ in events])
     w = workers("tests.pipelines.avro:avro_evolve", name, slot="s0", env=registry_env)
-    wait_until(lambda: count_outputs(kafka.bootstrap, f"{name}.counts") >= len(events), 60, "all counts")
+    wait_until(
+        lambda: count_outputs(kafka.bootstrap, f"{name}.counts") >= len(events), 60, "all counts"
+    )
     assert w.stop() == 0
     # the worker registered its output schema under <topic>-value, and wrote the wire format
     assert f"{name}.counts-value" in sr.get_subjects()
@@ -81,7 +94,9 @@ def test_v1_and_v2_writers_are_read_with_the_v2_reader_exactly(kafka, name, work
     de = AvroDeserializer(sr)
     ctx = SerializationContext(f"{name}.counts", MessageField.VALUE)
     values = [de(r.value, ctx) for r in out]
-    assert sorted((v["seq"], v["tier"]) for v in values) == sorted((e["seq"], e["tier"]) for _, _, e in events)
+    assert sorted((v["seq"], v["tier"]) for v in values) == sorted(
+        (e["seq"], e["tier"]) for _, _, e in events
+    )
     per_key: dict[str, list[int]] = {}
     for v in values:
         per_key.setdefault(v["key"], []).append(v["count"])
@@ -92,20 +107,35 @@ def test_v1_and_v2_writers_are_read_with_the_v2_reader_exactly(kafka, name, work
 
 def bad_values(sr, topic: str) -> dict[str, tuple[bytes, str]]:
     """Values that do not match the stream's schema, with what the error must say."""
-    bad_id = sr.register_schema(f"{topic}-value", Schema((SCHEMAS / "event_bad.avsc").read_text(), "AVRO"))
+    bad_id = sr.register_schema(
+        f"{topic}-value", Schema((SCHEMAS / "event_bad.avsc").read_text(), "AVRO")
+    )
     body = AvroSerde(SCHEMAS / "event_bad.avsc").encode({"user": "u1", "seq": "one"})
     return {
-        "json": (json.dumps({"user": "u1", "seq": 1}).encode(),
-                 "not Confluent Avro wire format: first byte is 0x7b, expected the magic byte 0x00"),
-        "unknown-id": (b"\x00" + (987654).to_bytes(4, "big") + body,
-                       "schema id 987654 is not in the schema registry"),
-        "incompatible": (b"\x00" + bad_id.to_bytes(4, "big") + body,
-                         f"Avro written with schema id {bad_id} cannot be read as event_v2.avsc"),
+        "json": (
+            json.dumps({"user": "u1", "seq": 1}).encode(),
+            "not Confluent Avro wire format: first byte is 0x7b, expected the magic byte 0x00",
+        ),
+        "unknown-id": (
+            b"\x00" + (987654).to_bytes(4, "big") + body,
+            "schema id 987654 is not in the schema registry",
+        ),
+        "incompatible": (
+            b"\x00" + bad_id.to_bytes(4, "big") + body,
+            f"Avro written with schema id {bad_id} cannot be read as event_v2.avsc",
+        ),
     }
 
 
 def committed_offset(bootstrap: str, group: str, topic: str, partition: int) -> int:
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False, "log_level": 0})
+    c = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": group,
+            "enable.auto.commit": False,
+            "log_level": 0,
+        }
+    )
     try:
         [tp] = c.committed([TopicPartition(topic, partition)], timeout=10)
         return tp.offset
@@ -114,8 +144,9 @@ def committed_offset(bootstrap: str, group: str, topic: str, partition: int) -> 
 
 
 @pytest.mark.parametrize("kind", ["json", "unknown-id", "incompatible"])
-def test_bad_avro_stops_the_worker_naming_the_record_and_commits_nothing_past_it(kafka, name, workers, sr, registry_env,
-                                                                               kind):
+def test_bad_avro_stops_the_worker_naming_the_record_and_commits_nothing_past_it(
+    kafka, name, workers, sr, registry_env, kind
+):
     p = avro_strict(name)
     setup_topics(kafka.bootstrap, p)
     topic = f"{name}.events"
@@ -130,18 +161,26 @@ def test_bad_avro_stops_the_worker_naming_the_record_and_commits_nothing_past_it
     assert w.wait(60) == 1
     errors = [line for line in w.log().splitlines() if line.startswith("kwheel: error:")]
     assert len(errors) == 1, w.log()
-    assert f"computation 'counter' failed on key '{key}' at {topic}[{part}]@{offset}: SerdeError: {what}" in errors[0]
+    assert (
+        f"computation 'counter' failed on key '{key}' at {topic}[{part}]@{offset}: SerdeError: {what}"
+        in errors[0]
+    )
     assert "r3g-s3cret" not in w.log()
     # nothing at or after the bad record was committed, in offsets or in outputs
     assert committed_offset(kafka.bootstrap, f"{name}.counter", topic, part) <= offset
-    after = {events[i if i < 120 else i - 1][2]["seq"] for i, (pp, o) in enumerate(where)
-             if i != 120 and pp == part and o > offset}
+    after = {
+        events[i if i < 120 else i - 1][2]["seq"]
+        for i, (pp, o) in enumerate(where)
+        if i != 120 and pp == part and o > offset
+    }
     assert after, "the test needs good records after the bad one in its partition"
     out = [json.loads(r.value) for r in read_committed(kafka.bootstrap, f"{name}.counts")]
     assert not after & {v["seq"] for v in out}
 
 
-def test_bad_avro_goes_to_the_dead_letter_stream_and_the_rest_is_exact(kafka, name, workers, sr, registry_env):
+def test_bad_avro_goes_to_the_dead_letter_stream_and_the_rest_is_exact(
+    kafka, name, workers, sr, registry_env
+):
     p = avro_dlq(name)
     setup_topics(kafka.bootstrap, p)
     topic = f"{name}.events"
@@ -152,8 +191,14 @@ def test_bad_avro_goes_to_the_dead_letter_stream_and_the_rest_is_exact(kafka, na
         records.insert(i, ("user-1", value))
     where = produce(kafka.bootstrap, topic, records)
     w = workers("tests.pipelines.avro:avro_dlq", name, slot="s0", env=registry_env)
-    wait_until(lambda: count_outputs(kafka.bootstrap, f"{name}.counts") >= len(events), 60, "all good counts")
-    wait_until(lambda: count_outputs(kafka.bootstrap, f"{name}.dead") >= len(bad), 30, "the dead letters")
+    wait_until(
+        lambda: count_outputs(kafka.bootstrap, f"{name}.counts") >= len(events),
+        60,
+        "all good counts",
+    )
+    wait_until(
+        lambda: count_outputs(kafka.bootstrap, f"{name}.dead") >= len(bad), 30, "the dead letters"
+    )
     assert w.stop() == 0
     check_exact_counts(kafka.bootstrap, f"{name}.counts", Counter(k for k, _, _ in events))
     dead = read_committed(kafka.bootstrap, f"{name}.dead")
@@ -166,7 +211,9 @@ def test_bad_avro_goes_to_the_dead_letter_stream_and_the_rest_is_exact(kafka, na
         assert f"SerdeError: {what}".encode() in headers["kwheel.error"]
 
 
-def test_an_unreachable_registry_stops_the_worker_instead_of_dead_lettering(kafka, name, workers, sr, registry_env):
+def test_an_unreachable_registry_stops_the_worker_instead_of_dead_lettering(
+    kafka, name, workers, sr, registry_env
+):
     from kwheel.testing.broker import free_port
 
     p = avro_dlq(name)
@@ -175,11 +222,19 @@ def test_an_unreachable_registry_stops_the_worker_instead_of_dead_lettering(kafk
     events = good_events(sr, topic, 20, keys=3)
     produce(kafka.bootstrap, topic, [(k, v) for k, v, _ in events])
     dead_url = f"http://127.0.0.1:{free_port()}"
-    w = workers("tests.pipelines.avro:avro_dlq", name, slot="s0", env={**registry_env, "KWHEEL_SCHEMA_REGISTRY_URL": dead_url})
+    w = workers(
+        "tests.pipelines.avro:avro_dlq",
+        name,
+        slot="s0",
+        env={**registry_env, "KWHEEL_SCHEMA_REGISTRY_URL": dead_url},
+    )
     assert w.wait(90) == 1
     errors = [line for line in w.log().splitlines() if line.startswith("kwheel: error:")]
     assert len(errors) == 1, w.log()
-    assert f"schema registry {dead_url}: fetching schema id" in errors[0] and "ConnectError" in errors[0]
+    assert (
+        f"schema registry {dead_url}: fetching schema id" in errors[0]
+        and "ConnectError" in errors[0]
+    )
     assert count_outputs(kafka.bootstrap, f"{name}.dead") == 0
     assert committed_offset(kafka.bootstrap, f"{name}.counter", topic, 0) < 0  # nothing committed
     assert committed_offset(kafka.bootstrap, f"{name}.counter", topic, 1) < 0

@@ -22,14 +22,27 @@ def _topic(kafka) -> str:
 
 
 def _producer(kafka, tid):
-    p = Producer({"bootstrap.servers": kafka.bootstrap, "transactional.id": tid, "linger.ms": 0, "log_level": 0})
+    p = Producer(
+        {
+            "bootstrap.servers": kafka.bootstrap,
+            "transactional.id": tid,
+            "linger.ms": 0,
+            "log_level": 0,
+        }
+    )
     p.init_transactions(10)
     return p
 
 
 def _live_reader(kafka, topic, got, stop):
-    c = Consumer({"bootstrap.servers": kafka.bootstrap, "group.id": "gap", "isolation.level": "read_committed",
-                  "log_level": 0})
+    c = Consumer(
+        {
+            "bootstrap.servers": kafka.bootstrap,
+            "group.id": "gap",
+            "isolation.level": "read_committed",
+            "log_level": 0,
+        }
+    )
     c.assign([TopicPartition(topic, 0, 0)])
     while not stop.is_set():
         got.extend(m.value() for m in c.consume(100, 0.1) if m.error() is None)
@@ -76,8 +89,10 @@ def test_a_successor_reusing_the_fenced_producer_id_is_seen_by_live_readers(kafk
     on the aborted transaction (a fresh reader sees it). kwheel avoids depending on it."""
     got = _successor_visibility(kafka, "")
     if kafka.embedded and got != [b"successor"]:
-        pytest.xfail("known embedded-broker defect: a fenced producer id's later records are "
-                     "hidden from live read_committed readers")
+        pytest.xfail(
+            "known embedded-broker defect: a fenced producer id's later records are "
+            "hidden from live read_committed readers"
+        )
     assert got == [b"successor"]
 
 
@@ -97,6 +112,8 @@ def test_records_committed_after_an_abort_reach_a_reader_that_waited_on_it(kafka
     producer.abort_transaction(10)
     got = _commit_and_watch(producer, topic, b"after", got, stop, reader)
     if kafka.embedded and got != [b"after"]:
-        pytest.xfail("known embedded-broker defect: a live read_committed reader skips a producer id's "
-                     "records committed after its abort")
+        pytest.xfail(
+            "known embedded-broker defect: a live read_committed reader skips a producer id's "
+            "records committed after its abort"
+        )
     assert got == [b"after"]

@@ -10,14 +10,27 @@ from collections import Counter
 from kwheel.testing.processes import wait_until
 from kwheel.testing.readers import read_committed
 from tests.conftest import ROOT
-from tests.helpers import check_exact_counts, committed_total, count_outputs, inject, make_events, setup_topics
+from tests.helpers import (
+    check_exact_counts,
+    committed_total,
+    count_outputs,
+    inject,
+    make_events,
+    setup_topics,
+)
 from tests.pipelines.counting import flaky_count, flaky_count_dlq
 
 
 def kwheel(*args, env=None, timeout=60):
     e = dict(os.environ, PYTHONPATH=str(ROOT), **(env or {}))
-    return subprocess.run([sys.executable, "-m", "kwheel", *args], capture_output=True, text=True, env=e,
-                          timeout=timeout, cwd=ROOT)
+    return subprocess.run(
+        [sys.executable, "-m", "kwheel", *args],
+        capture_output=True,
+        text=True,
+        env=e,
+        timeout=timeout,
+        cwd=ROOT,
+    )
 
 
 def error_line(result) -> str:
@@ -44,13 +57,23 @@ def test_invalid_graph_is_rejected_at_load(kafka):
 
 
 def test_bad_config_fails_fast(kafka):
-    r = kwheel("worker", "tests.pipelines.counting:keyed_count", "-b", kafka.bootstrap, env={"KWHEEL_BATCH_SIZE": "lots"})
+    r = kwheel(
+        "worker",
+        "tests.pipelines.counting:keyed_count",
+        "-b",
+        kafka.bootstrap,
+        env={"KWHEEL_BATCH_SIZE": "lots"},
+    )
     assert r.returncode == 1 and "KWHEEL_BATCH_SIZE='lots': expected an integer" in error_line(r)
-    r = kwheel("worker", "tests.pipelines.counting:keyed_count", "-b", kafka.bootstrap, "--batch-size", "0")
+    r = kwheel(
+        "worker", "tests.pipelines.counting:keyed_count", "-b", kafka.bootstrap, "--batch-size", "0"
+    )
     assert r.returncode == 1 and "batch_size: must be a positive integer" in error_line(r)
     r = kwheel("worker", "tests.pipelines.counting:keyed_count", "-b", "no-port-here")
     assert r.returncode == 1 and "bootstrap_servers: expected host:port" in error_line(r)
-    r = kwheel("worker", "tests.pipelines.counting:keyed_count", "-b", kafka.bootstrap, "-c", "nope")
+    r = kwheel(
+        "worker", "tests.pipelines.counting:keyed_count", "-b", kafka.bootstrap, "-c", "nope"
+    )
     assert r.returncode == 1 and "unknown computation 'nope'" in error_line(r)
 
 
@@ -58,8 +81,13 @@ def test_unreachable_broker_gives_up_with_a_clear_error():
     from kwheel.testing.broker import free_port
 
     port = free_port()
-    r = kwheel("worker", "tests.pipelines.counting:keyed_count", "-b", f"127.0.0.1:{port}",
-               env={"KWHEEL_STARTUP_TIMEOUT_S": "2"})
+    r = kwheel(
+        "worker",
+        "tests.pipelines.counting:keyed_count",
+        "-b",
+        f"127.0.0.1:{port}",
+        env={"KWHEEL_STARTUP_TIMEOUT_S": "2"},
+    )
     assert r.returncode == 1
     assert f"cannot reach Kafka at 127.0.0.1:{port} within 2s" in error_line(r)
 
@@ -85,9 +113,16 @@ def test_crashing_user_function_stops_the_task_and_loses_nothing(kafka, name, wo
     assert "ValueError: poisoned record 350" in errors[0]
     # the poisoned record's offset was not committed: a fixed deployment picks it up
     assert committed_total(kafka.bootstrap, f"{name}.counter", f"{name}.events", 2) < len(events)
-    cured = workers("tests.pipelines.counting:flaky_count", name, slot="s0", tag="cured",
-                    env={"KWHEEL_TEST_CURED": "1"})
-    wait_until(lambda: count_outputs(kafka.bootstrap, f"{name}.counts") >= len(events), 60, "all counts")
+    cured = workers(
+        "tests.pipelines.counting:flaky_count",
+        name,
+        slot="s0",
+        tag="cured",
+        env={"KWHEEL_TEST_CURED": "1"},
+    )
+    wait_until(
+        lambda: count_outputs(kafka.bootstrap, f"{name}.counts") >= len(events), 60, "all counts"
+    )
     assert cured.stop() == 0
     check_exact_counts(kafka.bootstrap, f"{name}.counts", Counter(k for k, _ in events))
 
@@ -98,7 +133,11 @@ def test_dead_letter_stream_sets_the_record_aside_and_goes_on(kafka, name, worke
     events = _poisoned_events()
     inject(kafka.bootstrap, p, events)
     w = workers("tests.pipelines.counting:flaky_count_dlq", name, slot="s0")
-    wait_until(lambda: count_outputs(kafka.bootstrap, f"{name}.counts") >= len(events) - 1, 60, "all good counts")
+    wait_until(
+        lambda: count_outputs(kafka.bootstrap, f"{name}.counts") >= len(events) - 1,
+        60,
+        "all good counts",
+    )
     wait_until(lambda: count_outputs(kafka.bootstrap, f"{name}.dead") >= 1, 30, "the dead letter")
     assert w.stop() == 0
     good = Counter(k for k, v in events if not v.get("poison"))
@@ -110,7 +149,9 @@ def test_dead_letter_stream_sets_the_record_aside_and_goes_on(kafka, name, worke
     assert headers["kwheel.source"].startswith(f"{name}.events[".encode())
 
 
-def test_a_worker_stopped_by_a_poison_record_raises_no_watermark_past_records_it_never_read(kafka, name, workers):
+def test_a_worker_stopped_by_a_poison_record_raises_no_watermark_past_records_it_never_read(
+    kafka, name, workers
+):
     # one poll brings records of both partitions; the first task's poison record stops the
     # worker before the second task processed its share, though its consumer position is
     # past it. Closing with a tick raised that task's watermark from that position (to the
@@ -121,7 +162,9 @@ def test_a_worker_stopped_by_a_poison_record_raises_no_watermark_past_records_it
 
     p = flaky_count(name)
     setup_topics(kafka.bootstrap, p)
-    inj = Injector(p, "source", ["events"], WorkerConfig(bootstrap_servers=kafka.bootstrap), instance="i0")
+    inj = Injector(
+        p, "source", ["events"], WorkerConfig(bootstrap_servers=kafka.bootstrap), instance="i0"
+    )
     events = make_events(400, keys=8)
     t0 = int(time.time() * 1000) - 60_000
     for i, (key, value) in enumerate(events):  # each partition's first records are poisoned
@@ -129,8 +172,16 @@ def test_a_worker_stopped_by_a_poison_record_raises_no_watermark_past_records_it
     inj.close(final=True)
     w = workers("tests.pipelines.counting:flaky_count", name, slot="s0")
     assert w.wait(60) == 1
-    cured = workers("tests.pipelines.counting:flaky_count", name, slot="s0", tag="cured", env={"KWHEEL_TEST_CURED": "1"})
-    wait_until(lambda: count_outputs(kafka.bootstrap, f"{name}.counts") >= len(events), 60, "all counts")
+    cured = workers(
+        "tests.pipelines.counting:flaky_count",
+        name,
+        slot="s0",
+        tag="cured",
+        env={"KWHEEL_TEST_CURED": "1"},
+    )
+    wait_until(
+        lambda: count_outputs(kafka.bootstrap, f"{name}.counts") >= len(events), 60, "all counts"
+    )
     assert cured.stop() == 0
     check_exact_counts(kafka.bootstrap, f"{name}.counts", Counter(k for k, _ in events))
     assert worker_stats(cured.log())["late"] == 0

@@ -24,8 +24,13 @@ from kwheel.injector import BoundedDisorder, Injector
 from kwheel.testing.processes import wait_until
 from kwheel.testing.readers import read_committed
 from kwheel.watermarks import MAX_WATERMARK
-from tests.helpers import (committed_total, latest_watermark, records_behind_a_usable_watermark, setup_topics,
-                           worker_stats)
+from tests.helpers import (
+    committed_total,
+    latest_watermark,
+    records_behind_a_usable_watermark,
+    setup_topics,
+    worker_stats,
+)
 from tests.pipelines.relay_windows import pipeline
 
 REF = "tests.pipelines.relay_windows:pipeline"
@@ -47,7 +52,13 @@ class Run:
         self.relay = self.workers(REF, name, slot="relay", args=["-c", "relay"], env=relay_env)
         t0 = (int(time.time() * 1000) // 1000 - 3600) * 1000
         self.events = [(f"k{i % KEYS}", t0 + i * STEP_MS, i) for i in range(RECORDS)]
-        inj = Injector(self.p, "source", ["events"], WorkerConfig(bootstrap_servers=kafka.bootstrap), instance="i0")
+        inj = Injector(
+            self.p,
+            "source",
+            ["events"],
+            WorkerConfig(bootstrap_servers=kafka.bootstrap),
+            instance="i0",
+        )
         policy = BoundedDisorder(0)
         for key, ts, seq in self.events:
             inj.send("events", key, {"seq": seq}, timestamp=ts)
@@ -59,14 +70,22 @@ class Run:
 
         def relayed_all():
             if not self.relay.alive():  # a supervisor restarts a worker that gave up
-                self.relay = self.workers(REF, name, slot="relay", args=["-c", "relay"], env=relay_env,
-                                          tag=f"relay-restarted-{time.monotonic():.0f}")
+                self.relay = self.workers(
+                    REF,
+                    name,
+                    slot="relay",
+                    args=["-c", "relay"],
+                    env=relay_env,
+                    tag=f"relay-restarted-{time.monotonic():.0f}",
+                )
             return committed_total(kafka.bootstrap, group, f"{name}.events", parts) == RECORDS
 
         wait_until(relayed_all, 90, "relay to pass every record on")
         relayed = read_committed(kafka.bootstrap, f"{name}.relayed")
         assert len(relayed) == RECORDS
-        self.ends = {r.partition: r.offset + 1 for r in relayed}  # past each partition's last record
+        self.ends = {
+            r.partition: r.offset + 1 for r in relayed
+        }  # past each partition's last record
         self.behind_at_faults: list[int] = []  # records win still had to commit at each fault
 
     def relay_worker(self, slot, tag=None):
@@ -74,9 +93,17 @@ class Run:
 
     def backlog(self):
         """Records of ``relayed`` that win has not committed yet (offsets, not counting markers)."""
-        c = Consumer({"bootstrap.servers": self.kafka.bootstrap, "group.id": self.p.group_id("win"), "log_level": 0})
+        c = Consumer(
+            {
+                "bootstrap.servers": self.kafka.bootstrap,
+                "group.id": self.p.group_id("win"),
+                "log_level": 0,
+            }
+        )
         try:
-            done = c.committed([TopicPartition(f"{self.name}.relayed", p) for p in self.ends], timeout=10)
+            done = c.committed(
+                [TopicPartition(f"{self.name}.relayed", p) for p in self.ends], timeout=10
+            )
         finally:
             c.close()
         return sum(max(0, self.ends[tp.partition] - max(tp.offset, 0)) for tp in done)
@@ -88,29 +115,42 @@ class Run:
 
     def check_results(self):
         wait_until(lambda: self.backlog() == 0, 60, "win to commit every record")
-        wait_until(lambda: latest_watermark(self.kafka.bootstrap, self.name, "task:win/") == MAX_WATERMARK, 30,
-                   "win to reach the end of input")
+        wait_until(
+            lambda: latest_watermark(self.kafka.bootstrap, self.name, "task:win/") == MAX_WATERMARK,
+            30,
+            "win to reach the end of input",
+        )
         assert self.win.stop() == 0
         late = worker_stats(self.win.log(), "win")["late"]
         expected: dict[tuple[str, int], tuple[int, int]] = {}
         for key, ts, seq in self.events:
             count, total = expected.get((key, ts // 1000 * 1000), (0, 0))
             expected[(key, ts // 1000 * 1000)] = (count + 1, total + seq)
-        out = [json.loads(r.value) for r in read_committed(self.kafka.bootstrap, f"{self.name}.windows")]
+        out = [
+            json.loads(r.value)
+            for r in read_committed(self.kafka.bootstrap, f"{self.name}.windows")
+        ]
         got = {(w["key"], w["start"]): (w["count"], w["sum"]) for w in out}
         summary = {
             "wrong or missing windows": sum(got.get(k) != v for k, v in expected.items()),
-            "windows emitted twice": sum(n > 1 for n in Counter((w["key"], w["start"]) for w in out).values()),
+            "windows emitted twice": sum(
+                n > 1 for n in Counter((w["key"], w["start"]) for w in out).values()
+            ),
             "unexpected windows": len(got.keys() - expected.keys()),
             "records missing": sum(n - got.get(k, (0, 0))[0] for k, (n, _) in expected.items()),
             "late at win": late,
             # what any reader of relayed could have found behind a watermark it may use
             "records behind a usable watermark": len(
-                records_behind_a_usable_watermark(self.kafka.bootstrap, self.p, "win")),
+                records_behind_a_usable_watermark(self.kafka.bootstrap, self.p, "win")
+            ),
         }
-        assert summary == dict.fromkeys(summary, 0), (f"{summary} (of {len(expected)} windows, {RECORDS} records; "
-                                                        f"win's backlog at the faults: {self.behind_at_faults})")
-        assert all(self.behind_at_faults), f"win had caught up at a fault ({self.behind_at_faults}): slow it down"
+        assert summary == dict.fromkeys(summary, 0), (
+            f"{summary} (of {len(expected)} windows, {RECORDS} records; "
+            f"win's backlog at the faults: {self.behind_at_faults})"
+        )
+        assert all(self.behind_at_faults), (
+            f"win had caught up at a fault ({self.behind_at_faults}): slow it down"
+        )
 
 
 def test_relay_restarted_gracefully_while_win_lags(kafka, name, workers):
@@ -137,11 +177,17 @@ def test_relay_rebalanced_while_win_lags(kafka, name, workers):
     # a dynamic member (no slot): a static one that stops keeps its partitions until its
     # session expires (docs/operations.md), which the embedded broker never does
     extra = run.relay_worker(None, tag="relay-extra")
-    wait_until(lambda: "assigned and ready" in extra.log(), 30, "the second relay worker to own partitions")
+    wait_until(
+        lambda: "assigned and ready" in extra.log(), 30, "the second relay worker to own partitions"
+    )
     run.fault_after(3)
     before = run.relay.log().count("assigned and ready")
     assert extra.stop() == 0
-    wait_until(lambda: run.relay.log().count("assigned and ready") > before, 30, "relay to take its partitions back")
+    wait_until(
+        lambda: run.relay.log().count("assigned and ready") > before,
+        30,
+        "relay to take its partitions back",
+    )
     run.check_results()
 
 
@@ -150,9 +196,17 @@ def test_a_relay_transaction_aborted_after_its_watermark_rose(kafka, name, worke
     # the tick that had raised relay's input watermark from positions past the batch. Kept,
     # that watermark went out before the batch's replay, whose records then came late to win.
     mark = tmp_path / "slow-once"
-    run = Run(kafka, name, workers, relay_env={
-        "KWHEEL_TRANSACTION_TIMEOUT_MS": "2000", "KWHEEL_TEST_RELAY_SLOW_SEQ": str(RECORDS // 2),
-        "KWHEEL_TEST_RELAY_SLOW_S": "3", "KWHEEL_TEST_RELAY_SLOW_MARK": str(mark)})
+    run = Run(
+        kafka,
+        name,
+        workers,
+        relay_env={
+            "KWHEEL_TRANSACTION_TIMEOUT_MS": "2000",
+            "KWHEEL_TEST_RELAY_SLOW_SEQ": str(RECORDS // 2),
+            "KWHEEL_TEST_RELAY_SLOW_S": "3",
+            "KWHEEL_TEST_RELAY_SLOW_MARK": str(mark),
+        },
+    )
     assert mark.exists()
     run.behind_at_faults.append(run.backlog())
     assert run.relay.stop() == 0
@@ -172,7 +226,12 @@ def test_a_broker_stall_longer_than_the_transaction_timeout_while_relay_works(ka
         finally:
             kafka.resume()
 
-    run = Run(kafka, name, workers, relay_env={"KWHEEL_TEST_RELAY_SLEEP_MS": "1", "KWHEEL_TRANSACTION_TIMEOUT_MS": "3000"},
-              while_relaying=stall)
+    run = Run(
+        kafka,
+        name,
+        workers,
+        relay_env={"KWHEEL_TEST_RELAY_SLEEP_MS": "1", "KWHEEL_TRANSACTION_TIMEOUT_MS": "3000"},
+        while_relaying=stall,
+    )
     run.behind_at_faults.append(run.backlog())
     run.check_results()

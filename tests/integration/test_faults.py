@@ -36,17 +36,23 @@ def test_sigkill_at_random_points_loses_and_duplicates_nothing(kafka, name, work
     w = workers(REF, name, slot="s0", state_dir=state_dir, args=["--batch-size", "500"])
     kills = 0
     for r in range(rounds):
-        inject(kafka.bootstrap, p, events[r * per_round:(r + 1) * per_round])
+        inject(kafka.bootstrap, p, events[r * per_round : (r + 1) * per_round])
         if r == rounds - 1:
             break
         target = int((r + rng.uniform(0.1, 0.9)) * per_round)
-        wait_until(lambda: _progress(kafka, name) >= target, 90, f"{target} records committed")
+        wait_until(
+            lambda target=target: _progress(kafka, name) >= target,
+            90,
+            f"{target} records committed",
+        )
         w.kill()
         kills += 1
         # the slot comes back on the same machine (same state dir), or on a new one
         if rng.random() < 0.5:
             state_dir = tmp_path / f"slot-state-{r}"
-        w = workers(REF, name, slot="s0", state_dir=state_dir, args=["--batch-size", "500"], tag=f"s0-{r}")
+        w = workers(
+            REF, name, slot="s0", state_dir=state_dir, args=["--batch-size", "500"], tag=f"s0-{r}"
+        )
     assert kills >= 3
     wait_until(lambda: _progress(kafka, name) >= len(events), 120, "every record committed")
     assert w.stop() == 0
@@ -63,16 +69,21 @@ def _restored_somewhere(log: str) -> bool:
 @pytest.mark.parametrize("how", ["sigterm", "sigkill"])
 def test_partitions_and_state_move_to_the_surviving_worker(kafka, name, workers, how):
     if how == "sigkill" and kafka.embedded:
-        pytest.skip("the embedded broker never expires a dead member's session, so a SIGKILLed "
-                    "dynamic member keeps its partitions forever; run with KWHEEL_TEST_BOOTSTRAP against Kafka")
+        pytest.skip(
+            "the embedded broker never expires a dead member's session, so a SIGKILLed "
+            "dynamic member keeps its partitions forever; run with KWHEEL_TEST_BOOTSTRAP against Kafka"
+        )
     p = keyed_count(name)
     setup_topics(kafka.bootstrap, p)
     events = make_events(8000, keys=120)
     # two dynamic members (no slot), each with its own state dir, as on two machines
     a = workers(REF, name, tag="a", args=["--batch-size", "200"])
     b = workers(REF, name, tag="b", args=["--batch-size", "200"])
-    wait_until(lambda: a.log().count("assigned and ready") and b.log().count("assigned and ready"), 60,
-               "both workers to own partitions")
+    wait_until(
+        lambda: a.log().count("assigned and ready") and b.log().count("assigned and ready"),
+        60,
+        "both workers to own partitions",
+    )
     inject(kafka.bootstrap, p, events[:4000])
     wait_until(lambda: _progress(kafka, name) >= 2000, 60, "half the first batch")
     if how == "sigterm":
@@ -90,7 +101,14 @@ def test_a_paused_zombie_is_fenced_and_cannot_commit(kafka, name, workers, tmp_p
     p = keyed_count(name)
     setup_topics(kafka.bootstrap, p)
     events = make_events(12000, keys=100)
-    zombie = workers(REF, name, slot="s0", state_dir=tmp_path / "zombie", tag="zombie", args=["--batch-size", "100"])
+    zombie = workers(
+        REF,
+        name,
+        slot="s0",
+        state_dir=tmp_path / "zombie",
+        tag="zombie",
+        args=["--batch-size", "100"],
+    )
     inject(kafka.bootstrap, p, events[:8000])
     wait_until(lambda: _progress(kafka, name) >= 1000, 60, "the first worker to make progress")
     zombie.pause()

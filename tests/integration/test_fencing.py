@@ -9,16 +9,23 @@ from kwheel.config import WorkerConfig
 from kwheel.errors import FencedError
 from kwheel.runtime.runner import ComputationRunner
 from kwheel.runtime.task import Task
+from kwheel.testing.readers import read_committed
 from kwheel.watermarks.transport import WatermarkPublisher, WatermarkReader
 from kwheel.watermarks.upstream import WatermarkTable
-from kwheel.testing.readers import read_committed
 from tests.helpers import inject, make_events, setup_topics
 from tests.pipelines.counting import keyed_count
 
 
 def _messages(bootstrap, topic, partition, n):
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "fetch", "isolation.level": "read_committed",
-                  "enable.auto.commit": False, "log_level": 0})
+    c = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": "fetch",
+            "isolation.level": "read_committed",
+            "enable.auto.commit": False,
+            "log_level": 0,
+        }
+    )
     from confluent_kafka import TopicPartition
 
     c.assign([TopicPartition(topic, partition, 0)])
@@ -36,7 +43,9 @@ def _one_partition(kafka, name, tmp_path, n):
     setup_topics(kafka.bootstrap, p)
     inject(kafka.bootstrap, p, make_events(n, keys=5))
     msgs = _messages(kafka.bootstrap, f"{name}.events", 0, n)
-    group = Consumer({"bootstrap.servers": kafka.bootstrap, "group.id": p.group_id("counter"), "log_level": 0})
+    group = Consumer(
+        {"bootstrap.servers": kafka.bootstrap, "group.id": p.group_id("counter"), "log_level": 0}
+    )
 
     def task(state: str) -> Task:
         cfg = WorkerConfig(bootstrap_servers=kafka.bootstrap, state_dir=tmp_path / state)
@@ -51,7 +60,9 @@ def test_new_owner_fences_the_old_one_and_its_batch_vanishes(kafka, name, tmp_pa
     old.open()
     old.process(msgs[:30])  # an open transaction with outputs and changelog to come
     new = task("new")
-    new.open(2, fence_from=0)  # opens the ids of incarnations 0 and 1 first: the old producer is fenced
+    new.open(
+        2, fence_from=0
+    )  # opens the ids of incarnations 0 and 1 first: the old producer is fenced
     with pytest.raises(FencedError, match="fenced"):
         old.commit()
     assert read_committed(kafka.bootstrap, f"{name}.counts") == []
@@ -97,13 +108,21 @@ def _process(kafka, p, state_dir) -> ComputationRunner:
     table = WatermarkTable()
     reader = WatermarkReader(cfg, p.watermark_topic(), table)
     reader.catch_up(10)
-    runner = ComputationRunner(p, "counter", cfg, table, WatermarkPublisher(cfg, p.watermark_topic()),
-                               lambda: reader.catch_up(10))
+    runner = ComputationRunner(
+        p,
+        "counter",
+        cfg,
+        table,
+        WatermarkPublisher(cfg, p.watermark_topic()),
+        lambda: reader.catch_up(10),
+    )
     runner.test_reader = reader
     return runner
 
 
-def test_an_owner_that_finishes_opening_after_its_successor_announced_gives_up(kafka, name, tmp_path):
+def test_an_owner_that_finishes_opening_after_its_successor_announced_gives_up(
+    kafka, name, tmp_path
+):
     p = keyed_count(name, partitions=1).validate()
     setup_topics(kafka.bootstrap, p)
     with _processes(kafka, p, tmp_path, "zombie", "successor") as (zombie, successor):
@@ -114,16 +133,23 @@ def test_an_owner_that_finishes_opening_after_its_successor_announced_gives_up(k
         incarnation, token2 = successor._announce(0)
         assert incarnation == 2
         task = Task(p, p.computations["counter"], 0, successor.cfg, successor.consumer)
-        task.open(2, fence_from=0, check_owner=successor._check_still_owner, owner=token2)  # the newest: goes on
+        task.open(
+            2, fence_from=0, check_owner=successor._check_still_owner, owner=token2
+        )  # the newest: goes on
         # the zombie wakes and finishes opening incarnation 1, reopening its fenced id
         stale = Task(p, p.computations["counter"], 0, zombie.cfg, zombie.consumer)
-        with pytest.raises(FencedError, match=r"incarnation 2 took it over while this process was opening incarnation 1"):
+        with pytest.raises(
+            FencedError,
+            match=r"incarnation 2 took it over while this process was opening incarnation 1",
+        ):
             stale.open(1, check_owner=zombie._check_still_owner, owner=token)
         stale.close()
         task.close()
 
 
-def test_of_two_openings_that_claimed_the_same_incarnation_the_later_claim_wins(kafka, name, tmp_path):
+def test_of_two_openings_that_claimed_the_same_incarnation_the_later_claim_wins(
+    kafka, name, tmp_path
+):
     # both read the topic before either announced, so both claim incarnation 1; the one whose
     # announcement is later on the topic owns the task, the other gives up before restoring
     p = keyed_count(name, partitions=1).validate()
@@ -153,7 +179,10 @@ def test_an_announcement_written_after_a_newer_one_puts_the_newer_one_back(kafka
         assert owner._announce(0)[0] == 1
         n, token = owner._announce(0)
         assert n == 2
-        with pytest.raises(FencedError, match="incarnation 2 took it over while this process was announcing incarnation 1"):
+        with pytest.raises(
+            FencedError,
+            match="incarnation 2 took it over while this process was announcing incarnation 1",
+        ):
             stale._announce(0)
         last = Control.decode(read_committed(kafka.bootstrap, p.watermark_topic())[-1].value)
         assert last.announce and (last.incarnation, last.owner) == (2, token)

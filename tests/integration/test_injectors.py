@@ -11,8 +11,8 @@ from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from kwheel.testing.processes import WorkerProcess, wait_until
-from tests.conftest import ROOT
 from kwheel.watermarks import MAX_WATERMARK
+from tests.conftest import ROOT
 from tests.helpers import (
     check_exact_counts,
     count_outputs,
@@ -26,11 +26,19 @@ from tests.pipelines.injected import from_file, from_topic
 
 def run_inject(kafka, ref, injector, env, *args):
     e = {**os.environ, **env, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "kwheel", "inject", ref, injector, "-b", kafka.bootstrap, *args],
-                          env=e, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    return subprocess.run(
+        [sys.executable, "-m", "kwheel", "inject", ref, injector, "-b", kafka.bootstrap, *args],
+        env=e,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
 
 
-def test_json_lines_shared_by_two_processes_and_re_read_without_duplicates(kafka, name, workers, tmp_path):
+def test_json_lines_shared_by_two_processes_and_re_read_without_duplicates(
+    kafka, name, workers, tmp_path
+):
     path = tmp_path / "events.jsonl"
     t0 = int(time.time() * 1000) - 60_000
     events = [{"user": f"u{i % 13}", "ts": t0 + i * 7} for i in range(900)]
@@ -39,19 +47,35 @@ def test_json_lines_shared_by_two_processes_and_re_read_without_duplicates(kafka
     setup_topics(kafka.bootstrap, from_file(name))
     w = workers("tests.pipelines.injected:from_file", name, slot="s0", env=env)
     # --no-final: the stream goes on after this file (as after a crash, nothing says "the end")
-    r = run_inject(kafka, "tests.pipelines.injected:from_file", "file", env, "--processes", "2", "--no-final")
+    r = run_inject(
+        kafka, "tests.pipelines.injected:from_file", "file", env, "--processes", "2", "--no-final"
+    )
     assert r.returncode == 0, r.stderr
-    wait_until(lambda: count_outputs(kafka.bootstrap, f"{name}.counts") >= len(events), 60, "all counts")
+    wait_until(
+        lambda: count_outputs(kafka.bootstrap, f"{name}.counts") >= len(events), 60, "all counts"
+    )
     # each instance published its own watermark
     injectors = {c.producer for c in read_controls(kafka.bootstrap, name) if c.kind == "INJECTOR"}
     assert injectors == {"injector:file/0", "injector:file/1"}
     # re-reading the file (a restarted injector) sends the same ids again: all dropped
     r = run_inject(kafka, "tests.pipelines.injected:from_file", "file", env, "--instances", "2")
     assert r.returncode == 0, r.stderr
-    r = run_inject(kafka, "tests.pipelines.injected:from_file", "file", env, "--instances", "2", "--instance", "1")
+    r = run_inject(
+        kafka,
+        "tests.pipelines.injected:from_file",
+        "file",
+        env,
+        "--instances",
+        "2",
+        "--instance",
+        "1",
+    )
     assert r.returncode == 0, r.stderr
-    wait_until(lambda: latest_watermark(kafka.bootstrap, name, "task:counter/") == MAX_WATERMARK, 60,
-               "the counter to see both instances finish")
+    wait_until(
+        lambda: latest_watermark(kafka.bootstrap, name, "task:counter/") == MAX_WATERMARK,
+        60,
+        "the counter to see both instances finish",
+    )
     assert w.stop() == 0
     check_exact_counts(kafka.bootstrap, f"{name}.counts", Counter(e["user"] for e in events))
     assert worker_stats(w.log())["duplicates"] == len(events)
@@ -79,9 +103,23 @@ def test_an_existing_topic_is_injected_with_ids_from_positions(kafka, name, work
         inj.args = [sys.executable, "-m", "kwheel", "inject", ref, injector, "-b", kafka.bootstrap]
         inj.log_path = w.log_path.with_name(f"{injector}.log")
         injectors.append(inj.start())
-        wait_until(lambda: count_outputs(kafka.bootstrap, f"{name}.counts") >= len(events), 60, "all counts")
-    wait_until(lambda: sum(c.stats.get("sent", 0) for c in read_controls(kafka.bootstrap, name)
-                           if c.producer == "injector:topic-again/0") >= len(events), 60, "the re-read")
+        wait_until(
+            lambda: count_outputs(kafka.bootstrap, f"{name}.counts") >= len(events),
+            60,
+            "all counts",
+        )
+    wait_until(
+        lambda: (
+            sum(
+                c.stats.get("sent", 0)
+                for c in read_controls(kafka.bootstrap, name)
+                if c.producer == "injector:topic-again/0"
+            )
+            >= len(events)
+        ),
+        60,
+        "the re-read",
+    )
     for inj in injectors:
         assert inj.stop() == 0, inj.log()
     assert w.stop() == 0

@@ -3,7 +3,14 @@
 from collections import Counter
 
 from kwheel.testing.processes import wait_until
-from tests.helpers import check_exact_counts, count_outputs, inject, make_events, setup_topics, worker_stats
+from tests.helpers import (
+    check_exact_counts,
+    count_outputs,
+    inject,
+    make_events,
+    setup_topics,
+    worker_stats,
+)
 from tests.pipelines.counting import keyed_count, rekeyed_count
 
 
@@ -13,7 +20,9 @@ def test_two_stage_keyed_count_is_exact(kafka, name, workers):
     events = make_events(3000, keys=37)
     inject(kafka.bootstrap, p, events)
     w = workers("tests.pipelines.counting:keyed_count", name, slot="s0")
-    wait_until(lambda: count_outputs(kafka.bootstrap, f"{name}.counts") >= len(events), 60, "all counts")
+    wait_until(
+        lambda: count_outputs(kafka.bootstrap, f"{name}.counts") >= len(events), 60, "all counts"
+    )
     assert w.stop() == 0
     check_exact_counts(kafka.bootstrap, f"{name}.counts", Counter(k for k, _ in events))
     stats = worker_stats(w.log())
@@ -29,11 +38,19 @@ def test_duplicate_record_ids_are_dropped_and_counted(kafka, name, workers):
     # an at-least-once injector re-sends a slice of its records with the same ids
     inject(kafka.bootstrap, p, events[200:500], ids=ids[200:500])
     w = workers("tests.pipelines.counting:keyed_count", name, slot="s0")
-    wait_until(lambda: count_outputs(kafka.bootstrap, f"{name}.counts") >= len(events), 60, "all counts")
+    wait_until(
+        lambda: count_outputs(kafka.bootstrap, f"{name}.counts") >= len(events), 60, "all counts"
+    )
     # and again once the originals are committed: dedup must hold across batches (RocksDB)
     inject(kafka.bootstrap, p, events[:100], ids=ids[:100])
-    inject(kafka.bootstrap, p, [("u1", {"user": "u1", "seq": -1})])  # a marker: processed after the re-sends
-    wait_until(lambda: count_outputs(kafka.bootstrap, f"{name}.counts") >= len(events) + 1, 60, "the marker")
+    inject(
+        kafka.bootstrap, p, [("u1", {"user": "u1", "seq": -1})]
+    )  # a marker: processed after the re-sends
+    wait_until(
+        lambda: count_outputs(kafka.bootstrap, f"{name}.counts") >= len(events) + 1,
+        60,
+        "the marker",
+    )
     assert w.stop() == 0
     expected = Counter(k for k, _ in events)
     expected["u1"] += 1
@@ -47,11 +64,18 @@ def test_key_extractor_routes_through_a_repartition_topic(kafka, name, workers):
     p = rekeyed_count(name)
     setup_topics(kafka.bootstrap, p)
     countries = ["de", "fr", "jp", "br", "us", "ke", "in"]
-    events = [(f"u{i % 53}", {"user": f"u{i % 53}", "country": countries[(i * 7) % len(countries)], "seq": i})
-              for i in range(2000)]
+    events = [
+        (
+            f"u{i % 53}",
+            {"user": f"u{i % 53}", "country": countries[(i * 7) % len(countries)], "seq": i},
+        )
+        for i in range(2000)
+    ]
     inject(kafka.bootstrap, p, events)
     w = workers("tests.pipelines.counting:rekeyed_count", name, slot="s0")
-    wait_until(lambda: count_outputs(kafka.bootstrap, f"{name}.counts") >= len(events), 60, "all counts")
+    wait_until(
+        lambda: count_outputs(kafka.bootstrap, f"{name}.counts") >= len(events), 60, "all counts"
+    )
     assert w.stop() == 0
     check_exact_counts(kafka.bootstrap, f"{name}.counts", Counter(v["country"] for _, v in events))
     # the re-keyed records really went through the repartition topic, keyed by country
@@ -76,10 +100,17 @@ def test_records_an_outside_producer_writes_to_a_re_keyed_stream_are_counted(kaf
     ours = [(f"u{i}", {"user": f"u{i}", "country": "ke", "seq": 1000 + i}) for i in range(50)]
     inject(kafka.bootstrap, p, ours)
     w = workers("tests.pipelines.counting:rekeyed_count", name, slot="s0")
-    wait_until(lambda: count_outputs(kafka.bootstrap, f"{name}.counts") >= len(outside) + len(ours), 60,
-               "all counts")
+    wait_until(
+        lambda: count_outputs(kafka.bootstrap, f"{name}.counts") >= len(outside) + len(ours),
+        60,
+        "all counts",
+    )
     assert w.stop() == 0
-    check_exact_counts(kafka.bootstrap, f"{name}.counts", Counter(v["country"] for v in outside + [v for _, v in ours]))
+    check_exact_counts(
+        kafka.bootstrap,
+        f"{name}.counts",
+        Counter(v["country"] for v in outside + [v for _, v in ours]),
+    )
 
 
 def test_a_key_read_directly_and_re_keyed_has_one_count(kafka, name, workers):
@@ -88,10 +119,14 @@ def test_a_key_read_directly_and_re_keyed_has_one_count(kafka, name, workers):
     p = mixed_count(name)
     setup_topics(kafka.bootstrap, p)
     direct = make_events(200, keys=11)
-    rekeyed = [(f"other{i}", v) for i, (_, v) in enumerate(make_events(200, keys=11, seed_offset=200))]
+    rekeyed = [
+        (f"other{i}", v) for i, (_, v) in enumerate(make_events(200, keys=11, seed_offset=200))
+    ]
     inject(kafka.bootstrap, p, direct, stream="a")
     inject(kafka.bootstrap, p, rekeyed, stream="b")
     w = workers("tests.pipelines.counting:mixed_count", name, slot="s0")
     wait_until(lambda: count_outputs(kafka.bootstrap, f"{name}.counts") >= 400, 60, "all counts")
     assert w.stop() == 0
-    check_exact_counts(kafka.bootstrap, f"{name}.counts", Counter(v["user"] for _, v in direct + rekeyed))
+    check_exact_counts(
+        kafka.bootstrap, f"{name}.counts", Counter(v["user"] for _, v in direct + rekeyed)
+    )

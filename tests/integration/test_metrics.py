@@ -37,8 +37,11 @@ def total(samples: dict, name: str) -> float:
 
 
 def metrics_port(worker) -> int:
-    m = wait_until(lambda: re.search(r"metrics on http://127\.0\.0\.1:(\d+)/metrics", worker.log()), 30,
-                   "the worker to log its metrics port")
+    m = wait_until(
+        lambda: re.search(r"metrics on http://127\.0\.0\.1:(\d+)/metrics", worker.log()),
+        30,
+        "the worker to log its metrics port",
+    )
     return int(m.group(1))
 
 
@@ -50,8 +53,24 @@ def write_events(path, n: int, t0: int) -> list[dict]:
 
 def run_inject(kafka, env):
     e = {**os.environ, **env, "PYTHONPATH": str(ROOT)}
-    r = subprocess.run([sys.executable, "-m", "kwheel", "inject", REF, "file", "-b", kafka.bootstrap, "--no-final"],
-                       env=e, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "kwheel",
+            "inject",
+            REF,
+            "file",
+            "-b",
+            kafka.bootstrap,
+            "--no-final",
+        ],
+        env=e,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
     assert r.returncode == 0, r.stderr
 
 
@@ -65,24 +84,36 @@ def test_worker_metrics_count_records_lag_and_watermarks(kafka, name, workers, t
     # loopback by default: the address it bound answers, another loopback address does not
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.2", port), timeout=2).close()
-    wait_until(lambda: total(scrape(port), "kwheel_tasks") == 3, 60, "the worker to open its 3 tasks")
+    wait_until(
+        lambda: total(scrape(port), "kwheel_tasks") == 3, 60, "the worker to open its 3 tasks"
+    )
     s = scrape(port)
     assert total(s, "kwheel_records_in_total") == 0
-    assert [labels for labels, _ in s["kwheel_worker_info"]] == [{"pipeline": name, "slot": "s0", "version": "0.1.0"}]
+    assert [labels for labels, _ in s["kwheel_worker_info"]] == [
+        {"pipeline": name, "slot": "s0", "version": "0.1.0"}
+    ]
 
     run_inject(kafka, env)
 
     def settled():
         s = scrape(port)
-        done = (total(s, "kwheel_records_in_total") == len(events) and len(s["kwheel_consumer_lag_records"]) == 3
-                and total(s, "kwheel_consumer_lag_records") == 0 and len(s["kwheel_low_watermark_timestamp_seconds"]) == 3)
+        done = (
+            total(s, "kwheel_records_in_total") == len(events)
+            and len(s["kwheel_consumer_lag_records"]) == 3
+            and total(s, "kwheel_consumer_lag_records") == 0
+            and len(s["kwheel_low_watermark_timestamp_seconds"]) == 3
+        )
         return s if done else None
 
     s = wait_until(settled, 60, "every record counted, no lag, a low watermark on every task")
     labels = {tuple(sorted(lb.items())) for lb, _ in s["kwheel_records_in_total"]}
-    assert labels == {(("computation", "counter"), ("partition", str(p)), ("pipeline", name)) for p in range(3)}
+    assert labels == {
+        (("computation", "counter"), ("partition", str(p)), ("pipeline", name)) for p in range(3)
+    }
     assert total(s, "kwheel_records_processed_total") == len(events)
-    assert total(s, "kwheel_records_out_total") == len(events)  # the counter emits one count per record
+    assert total(s, "kwheel_records_out_total") == len(
+        events
+    )  # the counter emits one count per record
     assert total(s, "kwheel_duplicates_dropped_total") == 0
     assert total(s, "kwheel_transaction_aborts_total") == 0
     assert total(s, "kwheel_late_records_total") == 0
@@ -90,35 +121,58 @@ def test_worker_metrics_count_records_lag_and_watermarks(kafka, name, workers, t
     assert total(s, "kwheel_restore_remaining_records") == 0
     assert total(s, "kwheel_commits_total") >= 3
     for _, wm in s["kwheel_low_watermark_timestamp_seconds"]:
-        assert t0 / 1000 - 1 <= wm <= events[-1]["ts"] / 1000  # the injector's watermark trails its records
+        assert (
+            t0 / 1000 - 1 <= wm <= events[-1]["ts"] / 1000
+        )  # the injector's watermark trails its records
     for _, lag in s["kwheel_watermark_lag_seconds"]:
         assert 55 <= lag < 600
     # latency histograms: observed once per commit, summed over the tasks
     assert total(s, "kwheel_commit_duration_seconds_count") == total(s, "kwheel_commits_total")
     assert total(s, "kwheel_batch_duration_seconds_count") == total(s, "kwheel_commits_total")
-    assert total(s, "kwheel_batch_duration_seconds_sum") >= total(s, "kwheel_commit_duration_seconds_sum") > 0
+    assert (
+        total(s, "kwheel_batch_duration_seconds_sum")
+        >= total(s, "kwheel_commit_duration_seconds_sum")
+        > 0
+    )
 
     # the same file again: every record is a duplicate, dropped and counted
     run_inject(kafka, env)
-    wait_until(lambda: total(scrape(port), "kwheel_duplicates_dropped_total") == len(events), 60, "the duplicates")
+    wait_until(
+        lambda: total(scrape(port), "kwheel_duplicates_dropped_total") == len(events),
+        60,
+        "the duplicates",
+    )
     s = scrape(port)
     assert total(s, "kwheel_records_in_total") == 2 * len(events)
     assert total(s, "kwheel_records_processed_total") == len(events)
     assert w.stop() == 0
 
     # the slot restarted with an empty state directory (another machine) restores every task
-    w2 = workers(REF, name, slot="s0", env=env, args=["--metrics-port", "0"], state_dir=tmp_path / "fresh",
-                 tag="fresh")
+    w2 = workers(
+        REF,
+        name,
+        slot="s0",
+        env=env,
+        args=["--metrics-port", "0"],
+        state_dir=tmp_path / "fresh",
+        tag="fresh",
+    )
     port = metrics_port(w2)
     changelog = count_outputs(kafka.bootstrap, f"{name}.counter.changelog")
     assert changelog > 0
 
     def restored(s):  # every record replayed and every task open (not still finishing its restore)
-        return (total(s, "kwheel_restored_records_total") == changelog and total(s, "kwheel_tasks") == 3
-                and total(s, "kwheel_restore_remaining_records") == 0)
+        return (
+            total(s, "kwheel_restored_records_total") == changelog
+            and total(s, "kwheel_tasks") == 3
+            and total(s, "kwheel_restore_remaining_records") == 0
+        )
 
-    s = wait_until(lambda: (lambda s: s if restored(s) else None)(scrape(port)), 60,
-                   "every changelog record to be restored and every task ready")
+    s = wait_until(
+        lambda: (lambda s: s if restored(s) else None)(scrape(port)),
+        60,
+        "every changelog record to be restored and every task ready",
+    )
     assert total(s, "kwheel_records_in_total") == 0
     assert w2.stop() == 0
 
@@ -145,7 +199,9 @@ def test_supervised_processes_serve_metrics_on_consecutive_ports(kafka, name, wo
     env = {"KWHEEL_TEST_PIPELINE": name, "KWHEEL_TEST_FILE": str(tmp_path / "events.jsonl")}
     setup_topics(kafka.bootstrap, from_file(name))
     base = free_port_pair()
-    w = workers(REF, name, slot="node", env=env, args=["--processes", "2", "--metrics-port", str(base)])
+    w = workers(
+        REF, name, slot="node", env=env, args=["--processes", "2", "--metrics-port", str(base)]
+    )
 
     def both(records: int):
         try:

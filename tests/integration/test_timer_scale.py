@@ -45,30 +45,49 @@ def closing(name: str | None = None) -> Pipeline:
 def test_a_million_windows_closing_at_once_fire_in_bounded_transactions(kafka, name, workers):
     p = closing(name)
     setup_topics(kafka.bootstrap, p)
-    closes = (int(time.time()) // 60 - 10) * 60_000  # a minute's end, recent (retention goes by timestamp)
+    closes = (
+        int(time.time()) // 60 - 10
+    ) * 60_000  # a minute's end, recent (retention goes by timestamp)
     value = json.dumps({"closes": closes}).encode()
     raw = Producer({"bootstrap.servers": kafka.bootstrap, "linger.ms": 20, "log_level": 0})
     for i in range(KEYS):  # written as any Kafka producer would (ids from positions), fast
         while True:
             try:
-                raw.produce(f"{name}.events", value, f"k{i}".encode(), timestamp=closes - 60_000 + i % 60_000)
+                raw.produce(
+                    f"{name}.events",
+                    value,
+                    f"k{i}".encode(),
+                    timestamp=closes - 60_000 + i % 60_000,
+                )
                 break
             except BufferError:
                 raw.poll(0.05)
     assert raw.flush(60) == 0
-    inj = Injector(p, "source", ["events"], WorkerConfig(bootstrap_servers=kafka.bootstrap), instance="i0")
+    inj = Injector(
+        p, "source", ["events"], WorkerConfig(bootstrap_servers=kafka.bootstrap), instance="i0"
+    )
     inj.advance(closes - 1)
     inj.publish()  # covers everything written above: the watermark stops just before the windows close
     # 10,000 firings take well under a second; one round of each task's 100,000 (before the
     # cap) took several, past this timeout: aborted and replayed the same, for ever
-    w = workers("tests.integration.test_timer_scale:closing", name, slot="s0",
-                env={"KWHEEL_TRANSACTION_TIMEOUT_MS": "3000"})
-    wait_until(lambda: committed_total(kafka.bootstrap, p.group_id("closer"), f"{name}.events", 2) >= KEYS, 300,
-               "every record processed")
+    w = workers(
+        "tests.integration.test_timer_scale:closing",
+        name,
+        slot="s0",
+        env={"KWHEEL_TRANSACTION_TIMEOUT_MS": "3000"},
+    )
+    wait_until(
+        lambda: committed_total(kafka.bootstrap, p.group_id("closer"), f"{name}.events", 2) >= KEYS,
+        300,
+        "every record processed",
+    )
     inj.close(final=True)  # the watermark passes every window's end: every timer is due at once
     # the output watermark reaches the end once no timer is pending
-    wait_until(lambda: latest_watermark(kafka.bootstrap, name, "task:closer/") == MAX_WATERMARK, 600,
-               "every window to close")
+    wait_until(
+        lambda: latest_watermark(kafka.bootstrap, name, "task:closer/") == MAX_WATERMARK,
+        600,
+        "every window to close",
+    )
     assert w.stop() == 0
     closed = read_committed(kafka.bootstrap, f"{name}.closed", timeout_s=120)
     keys = [json.loads(r.value)["key"] for r in closed]

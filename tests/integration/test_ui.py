@@ -24,7 +24,8 @@ REF = "tests.pipelines.tutorial_named:tutorial"
 pytestmark = pytest.mark.skipif(
     not (CHROMIUM.exists() and CHROMEDRIVER.exists()),
     reason="needs Debian's chromium and chromium-driver (/usr/bin/chromium, /usr/bin/chromedriver); "
-           "scripts/setup installs them where apt-get works")
+    "scripts/setup installs them where apt-get works",
+)
 
 
 @pytest.fixture
@@ -34,12 +35,37 @@ def ui_server(kafka, tmp_path):
 
     def start(pipeline_name: str) -> str:
         out = tmp_path / f"ui-{len(procs)}.log"
-        env = {**os.environ, "KWHEEL_TEST_PIPELINE": pipeline_name,
-               "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+        env = {
+            **os.environ,
+            "KWHEEL_TEST_PIPELINE": pipeline_name,
+            "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+        }
         with open(out, "wb") as f:
-            procs.append(subprocess.Popen([sys.executable, "-m", "kwheel", "ui", REF, "-b", kafka.bootstrap, "--port", "0"],
-                                          stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=ROOT))
-        m = wait_until(lambda: re.search(r"on (http://127\.0\.0\.1:\d+/)", out.read_text()), 30, "kwheel ui to listen")
+            procs.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "kwheel",
+                        "ui",
+                        REF,
+                        "-b",
+                        kafka.bootstrap,
+                        "--port",
+                        "0",
+                    ],
+                    stdout=f,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    env=env,
+                    cwd=ROOT,
+                )
+            )
+        m = wait_until(
+            lambda: re.search(r"on (http://127\.0\.0\.1:\d+/)", out.read_text()),
+            30,
+            "kwheel ui to listen",
+        )
         return m.group(1)
 
     yield start
@@ -55,11 +81,23 @@ def browser(tmp_path):
 
     opts = webdriver.ChromeOptions()
     opts.binary_location = str(CHROMIUM)
-    for arg in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                "--disable-dev-shm-usage", "--window-size=1440,1000", f"--user-data-dir={tmp_path / 'chromium'}"):
+    for arg in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        "--window-size=1440,1000",
+        f"--user-data-dir={tmp_path / 'chromium'}",
+    ):
         opts.add_argument(arg)
-    driver = webdriver.Chrome(options=opts, service=Service(str(CHROMEDRIVER), log_output=str(tmp_path / "driver.log")))
+    driver = webdriver.Chrome(
+        options=opts, service=Service(str(CHROMEDRIVER), log_output=str(tmp_path / "driver.log"))
+    )
     driver.set_page_load_timeout(30)
     try:
         yield driver
@@ -77,9 +115,24 @@ def cell(driver, computation: str, field: str) -> str:
 
 
 def inject_views(kafka, env, lines):
-    r = subprocess.run([sys.executable, "-m", "kwheel", "inject", REF, "views", "-b", kafka.bootstrap, "--no-final"],
-                       env={**os.environ, **env, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
-                       timeout=120, cwd=ROOT)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "kwheel",
+            "inject",
+            REF,
+            "views",
+            "-b",
+            kafka.bootstrap,
+            "--no-final",
+        ],
+        env={**os.environ, **env, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
     assert r.returncode == 0, r.stderr
 
 
@@ -98,10 +151,23 @@ def test_ui_shows_the_graph_and_live_numbers(kafka, name, workers, ui_server, br
     browser.get(url)
     state = browser.find_element(By.ID, "state")
     wait_until(lambda: state.get_attribute("data-state") == "ok", 30, "the page's first status")
-    nodes = {n.get_attribute("data-node") for n in browser.find_elements(By.CSS_SELECTOR, "svg.graph [data-node]")}
-    assert nodes == {"injector:views", "stream:views", "stream:visits", "stream:page_minutes", "stream:rejected",
-                     "computation:per_user", "computation:per_minute"}
-    edges = {e.get_attribute("data-edge") for e in browser.find_elements(By.CSS_SELECTOR, "svg.graph [data-edge]")}
+    nodes = {
+        n.get_attribute("data-node")
+        for n in browser.find_elements(By.CSS_SELECTOR, "svg.graph [data-node]")
+    }
+    assert nodes == {
+        "injector:views",
+        "stream:views",
+        "stream:visits",
+        "stream:page_minutes",
+        "stream:rejected",
+        "computation:per_user",
+        "computation:per_minute",
+    }
+    edges = {
+        e.get_attribute("data-edge")
+        for e in browser.find_elements(By.CSS_SELECTOR, "svg.graph [data-edge]")
+    }
     assert {"stream:views>computation:per_user", "computation:per_user>stream:rejected"} <= edges
     assert "per_user" in browser.find_element(By.CSS_SELECTOR, "svg.graph").text
     assert cell(browser, "per_user", "processed") == "0"
@@ -109,7 +175,10 @@ def test_ui_shows_the_graph_and_live_numbers(kafka, name, workers, ui_server, br
     assert kafka.bootstrap not in html  # no settings on the page
 
     now = int(time.time() * 1000)
-    views = [{"user": f"u{i % 23}", "page": f"/p{i % 7}", "ts": now - 120_000 + i * 100} for i in range(1200)]
+    views = [
+        {"user": f"u{i % 23}", "page": f"/p{i % 7}", "ts": now - 120_000 + i * 100}
+        for i in range(1200)
+    ]
     views.append({"user": "u1", "ts": now})  # no page: per_user raises, the record is dead-lettered
     path = tmp_path / "views.jsonl"
     path.write_text("".join(json.dumps(v) + "\n" for v in views))
@@ -117,17 +186,38 @@ def test_ui_shows_the_graph_and_live_numbers(kafka, name, workers, ui_server, br
     inject_views(kafka, {"KWHEEL_TEST_PIPELINE": name, "TUTORIAL_VIEWS": str(path)}, views)
 
     # the open page follows on its own: no reload
-    wait_until(lambda: cell(browser, "per_user", "processed") == "1,200", 60, "per_user's processed count on the page")
-    wait_until(lambda: cell(browser, "per_minute", "processed") == "1,200", 60, "per_minute's processed count")
-    wait_until(lambda: cell(browser, "per_user", "dead_lettered") == "1", 30, "the dead letter on the page")
+    wait_until(
+        lambda: cell(browser, "per_user", "processed") == "1,200",
+        60,
+        "per_user's processed count on the page",
+    )
+    wait_until(
+        lambda: cell(browser, "per_minute", "processed") == "1,200",
+        60,
+        "per_minute's processed count",
+    )
+    wait_until(
+        lambda: cell(browser, "per_user", "dead_lettered") == "1", 30, "the dead letter on the page"
+    )
     assert int(state.get_attribute("data-polls")) > polls
-    summary = [t for t in browser.find_elements(By.CSS_SELECTOR, "svg.graph text.live")
-               if t.get_attribute("data-computation") == "per_user"]
+    summary = [
+        t
+        for t in browser.find_elements(By.CSS_SELECTOR, "svg.graph text.live")
+        if t.get_attribute("data-computation") == "per_user"
+    ]
     assert summary[0].text.startswith("1,200 processed")
-    wait_until(lambda: re.fullmatch(r"\d\d:\d\d:\d\d\.\d{3}", cell(browser, "per_user", "low_watermark")), 30,
-               "a low watermark on the page")
-    wait_until(lambda: browser.find_elements(By.CSS_SELECTOR, '#injectors tr[data-producer="injector:views/0"]'), 30,
-               "the injector's row")
+    wait_until(
+        lambda: re.fullmatch(r"\d\d:\d\d:\d\d\.\d{3}", cell(browser, "per_user", "low_watermark")),
+        30,
+        "a low watermark on the page",
+    )
+    wait_until(
+        lambda: browser.find_elements(
+            By.CSS_SELECTOR, '#injectors tr[data-producer="injector:views/0"]'
+        ),
+        30,
+        "the injector's row",
+    )
 
     shot = tmp_path / "ui.png"
     assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 10_000

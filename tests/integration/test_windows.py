@@ -24,7 +24,9 @@ def disordered(events, rng):
 
 
 def inject_all(kafka, p, events):
-    inj = Injector(p, "source", ["events"], WorkerConfig(bootstrap_servers=kafka.bootstrap), instance="i0")
+    inj = Injector(
+        p, "source", ["events"], WorkerConfig(bootstrap_servers=kafka.bootstrap), instance="i0"
+    )
     policy = BoundedDisorder(DISORDER_MS)
     for key, ts, seq in events:
         inj.send("events", key, {"seq": seq}, timestamp=ts)
@@ -33,7 +35,10 @@ def inject_all(kafka, p, events):
 
 
 def results(kafka, name):
-    return [(r.timestamp, json.loads(r.value)) for r in read_committed(kafka.bootstrap, f"{name}.results")]
+    return [
+        (r.timestamp, json.loads(r.value))
+        for r in read_committed(kafka.bootstrap, f"{name}.results")
+    ]
 
 
 def run(kafka, name, workers, make, events):
@@ -42,7 +47,11 @@ def run(kafka, name, workers, make, events):
     setup_topics(kafka.bootstrap, p)
     w = workers(f"tests.pipelines.windowed:{make.__name__}", name, slot="s0")
     inject_all(kafka, p, events)
-    wait_until(lambda: latest_watermark(kafka.bootstrap, name, "task:agg/") == MAX_WATERMARK, 30, "end of input")
+    wait_until(
+        lambda: latest_watermark(kafka.bootstrap, name, "task:agg/") == MAX_WATERMARK,
+        30,
+        "end of input",
+    )
     assert w.stop() == 0
     assert worker_stats(w.log(), "agg")["late"] == 0
     return results(kafka, name)
@@ -136,7 +145,9 @@ def test_allowed_lateness_re_emits_late_records_and_drops_later_ones(kafka, name
     setup_topics(kafka.bootstrap, p)
     w = workers("tests.pipelines.windowed:lateness", name, slot="s0")
     t0 = base_ms()
-    inj = Injector(p, "source", ["events"], WorkerConfig(bootstrap_servers=kafka.bootstrap), instance="i0")
+    inj = Injector(
+        p, "source", ["events"], WorkerConfig(bootstrap_servers=kafka.bootstrap), instance="i0"
+    )
 
     def window_counts():
         return [r["count"] for _, r in results(kafka, name) if (r["key"], r["start"]) == ("a", t0)]
@@ -147,23 +158,37 @@ def test_allowed_lateness_re_emits_late_records_and_drops_later_ones(kafka, name
     inj.publish()
     wait_until(lambda: window_counts() == [5], 15, "the on-time firing")
 
-    inj.send("events", "a", {"seq": 5}, timestamp=t0 + 600)  # late, within lateness (until t0 + 3000)
+    inj.send(
+        "events", "a", {"seq": 5}, timestamp=t0 + 600
+    )  # late, within lateness (until t0 + 3000)
     inj.publish()
     wait_until(lambda: window_counts() == [5, 6], 15, "the late firing")
 
     inj.advance(t0 + 1000 + windowed.LATENESS_MS + 2000)  # past the end of lateness: state dropped
     inj.publish()
-    wait_until(lambda: latest_watermark(kafka.bootstrap, name, "task:agg/") >= t0 + 5000, 15, "the end of lateness")
+    wait_until(
+        lambda: latest_watermark(kafka.bootstrap, name, "task:agg/") >= t0 + 5000,
+        15,
+        "the end of lateness",
+    )
     inj.send("events", "a", {"seq": 6}, timestamp=t0 + 700)  # too late
     inj.close(final=True)
-    wait_until(lambda: latest_watermark(kafka.bootstrap, name, "task:agg/") == MAX_WATERMARK, 15, "end of input")
+    wait_until(
+        lambda: latest_watermark(kafka.bootstrap, name, "task:agg/") == MAX_WATERMARK,
+        15,
+        "end of input",
+    )
     assert w.stop() == 0
 
     out = results(kafka, name)
     assert [(ts, r["start"], r["end"], r["count"], r["sum"]) for ts, r in out] == [
-        (t0 + 1000, t0, t0 + 1000, 5, 10), (t0 + 1000, t0, t0 + 1000, 6, 15)]
+        (t0 + 1000, t0, t0 + 1000, 5, 10),
+        (t0 + 1000, t0, t0 + 1000, 6, 15),
+    ]
     assert out[1][1]["watermark"] >= t0 + 1000  # a late firing: after the window was complete
     dropped = [json.loads(r.value) for r in read_committed(kafka.bootstrap, f"{name}.dropped")]
     assert [(d["seq"], d["timestamp"]) for d in dropped] == [(6, t0 + 700)]
     assert dropped[0]["watermark"] >= t0 + 3000
-    assert worker_stats(w.log(), "agg")["late"] == 2  # both records behind the watermark were flagged
+    assert (
+        worker_stats(w.log(), "agg")["late"] == 2
+    )  # both records behind the watermark were flagged

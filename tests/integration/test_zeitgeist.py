@@ -6,11 +6,11 @@ import subprocess
 import sys
 import time
 
+from examples.zeitgeist.pipeline import build
+from examples.zeitgeist.traffic import Traffic
 from kwheel.testing.processes import wait_until
 from kwheel.testing.readers import read_committed
 from kwheel.watermarks import MAX_WATERMARK
-from examples.zeitgeist.pipeline import build
-from examples.zeitgeist.traffic import Traffic
 from tests.conftest import ROOT
 from tests.helpers import latest_watermark, setup_topics
 
@@ -19,22 +19,40 @@ FALSE_POSITIVE_BOUND = 2  # flagged windows that no planted anomaly explains
 
 
 def test_zeitgeist_finds_the_planted_anomalies(kafka, name, workers):
-    traffic = Traffic(seed=3, queries=20, seconds=60, spikes=3, dips=3, start_ms=(int(time.time()) - 60) * 1000)
-    env = {"KWHEEL_ZEITGEIST_NAME": name, "KWHEEL_ZEITGEIST_SEED": "3", "KWHEEL_ZEITGEIST_QUERIES": "20",
-           "KWHEEL_ZEITGEIST_SECONDS": "60", "KWHEEL_ZEITGEIST_SPIKES": "3", "KWHEEL_ZEITGEIST_DIPS": "3",
-           "KWHEEL_ZEITGEIST_START_MS": str(traffic.start_ms)}
+    traffic = Traffic(
+        seed=3, queries=20, seconds=60, spikes=3, dips=3, start_ms=(int(time.time()) - 60) * 1000
+    )
+    env = {
+        "KWHEEL_ZEITGEIST_NAME": name,
+        "KWHEEL_ZEITGEIST_SEED": "3",
+        "KWHEEL_ZEITGEIST_QUERIES": "20",
+        "KWHEEL_ZEITGEIST_SECONDS": "60",
+        "KWHEEL_ZEITGEIST_SPIKES": "3",
+        "KWHEEL_ZEITGEIST_DIPS": "3",
+        "KWHEEL_ZEITGEIST_START_MS": str(traffic.start_ms),
+    }
     p = build(name, traffic)
     setup_topics(kafka.bootstrap, p)
     w = workers(REF, name, slot="z0", env=env)
-    inject = subprocess.run([sys.executable, "-m", "kwheel", "inject", REF, "queries", "-b", kafka.bootstrap],
-                            env={**os.environ, **env, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
-                            timeout=120, cwd=ROOT)
+    inject = subprocess.run(
+        [sys.executable, "-m", "kwheel", "inject", REF, "queries", "-b", kafka.bootstrap],
+        env={**os.environ, **env, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
     assert inject.returncode == 0, inject.stderr
-    wait_until(lambda: latest_watermark(kafka.bootstrap, name, "task:model/") == MAX_WATERMARK, 90,
-               "the model to see the end of the traffic")
+    wait_until(
+        lambda: latest_watermark(kafka.bootstrap, name, "task:model/") == MAX_WATERMARK,
+        90,
+        "the model to see the end of the traffic",
+    )
     assert w.stop() == 0
-    found = {(a["query"], a["kind"], a["start"])
-             for a in (json.loads(r.value) for r in read_committed(kafka.bootstrap, f"{name}.anomalies"))}
+    found = {
+        (a["query"], a["kind"], a["start"])
+        for a in (json.loads(r.value) for r in read_committed(kafka.bootstrap, f"{name}.anomalies"))
+    }
     _, planted = traffic.plan()
     assert {a.kind for a in planted} == {"spike", "dip"}
     for a in planted:

@@ -16,17 +16,32 @@ class TierCounter(Computation):
         n = ctx.state.get("count", 0) + 1
         ctx.state["count"] = n
         v = record.value
-        ctx.produce("counts", ctx.key, {"key": ctx.key, "count": n, "seq": v["seq"], "tier": v["tier"]}, record.timestamp)
+        ctx.produce(
+            "counts",
+            ctx.key,
+            {"key": ctx.key, "count": n, "seq": v["seq"], "tier": v["tier"]},
+            record.timestamp,
+        )
 
 
 def _pipeline(name: str | None, counts: object, dead_letter: bool = False) -> Pipeline:
     p = Pipeline(name or os.environ.get("KWHEEL_TEST_PIPELINE", "avro"))
-    p.stream("events", partitions=2, value=AvroSerde(SCHEMAS / "event_v2.avsc", registry=True), source=True)
+    p.stream(
+        "events",
+        partitions=2,
+        value=AvroSerde(SCHEMAS / "event_v2.avsc", registry=True),
+        source=True,
+    )
     p.stream("counts", partitions=2, value=counts)
     if dead_letter:
         p.stream("dead", partitions=1, value="bytes")
-    p.computation("counter", TierCounter, inputs=["events"], outputs=["counts"],
-                  dead_letter="dead" if dead_letter else None)
+    p.computation(
+        "counter",
+        TierCounter,
+        inputs=["events"],
+        outputs=["counts"],
+        dead_letter="dead" if dead_letter else None,
+    )
     return p
 
 

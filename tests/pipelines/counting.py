@@ -58,8 +58,13 @@ def rekeyed_count(name: str | None = None) -> Pipeline:
     p = Pipeline(name or _name())
     p.stream("events", partitions=4, value="json", source=True)
     p.stream("counts", partitions=3, value="json")
-    p.computation("counter", Counter, inputs=[Input("events", key_by=lambda r: r.value["country"])],
-                  outputs=["counts"], partitions=3)
+    p.computation(
+        "counter",
+        Counter,
+        inputs=[Input("events", key_by=lambda r: r.value["country"])],
+        outputs=["counts"],
+        partitions=3,
+    )
     return p
 
 
@@ -103,5 +108,10 @@ def mixed_count(name: str | None = None) -> Pipeline:
     p.stream("a", partitions=4, value="json", source=True)
     p.stream("b", partitions=3, value="json", source=True)
     p.stream("counts", partitions=4, value="json")
-    p.computation("counter", Counter, inputs=["a", Input("b", key_by=lambda r: r.value["user"])], outputs=["counts"])
+    p.computation(
+        "counter",
+        Counter,
+        inputs=["a", Input("b", key_by=lambda r: r.value["user"])],
+        outputs=["counts"],
+    )
     return p

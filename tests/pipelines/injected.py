@@ -16,8 +16,12 @@ def from_file(name: str | None = None) -> Pipeline:
     p.stream("events", partitions=3, value="json")
     p.stream("counts", partitions=3, value="json")
     path = os.environ.get("KWHEEL_TEST_FILE", "events.jsonl")
-    p.injector("file", lambda: JsonLines(path, key=lambda v: v["user"], timestamp=lambda v: v["ts"]),
-               outputs=["events"], disorder_ms=1000)
+    p.injector(
+        "file",
+        lambda: JsonLines(path, key=lambda v: v["user"], timestamp=lambda v: v["ts"]),
+        outputs=["events"],
+        disorder_ms=1000,
+    )
     p.computation("counter", Counter, inputs=["events"], outputs=["counts"])
     return p
 
@@ -28,7 +32,12 @@ def from_topic(name: str | None = None) -> Pipeline:
     p.stream("counts", partitions=3, value="json")
     topic = os.environ.get("KWHEEL_TEST_TOPIC", "external")
     for injector in ("topic", "topic-again"):  # two injectors over one topic: separate groups
-        p.injector(injector, lambda: KafkaTopic(topic, key=lambda v: v["user"], timestamp=lambda v: v["ts"],
-                                                disorder_ms=1000), outputs=["events"])
+        p.injector(
+            injector,
+            lambda: KafkaTopic(
+                topic, key=lambda v: v["user"], timestamp=lambda v: v["ts"], disorder_ms=1000
+            ),
+            outputs=["events"],
+        )
     p.computation("counter", Counter, inputs=["events"], outputs=["counts"])
     return p

@@ -25,7 +25,11 @@ class Relay(Computation):
         if RELAY_SLEEP_S:
             time.sleep(RELAY_SLEEP_S)
         mark = os.environ.get("KWHEEL_TEST_RELAY_SLOW_MARK")
-        if mark and record.value["seq"] == int(os.environ["KWHEEL_TEST_RELAY_SLOW_SEQ"]) and not os.path.exists(mark):
+        if (
+            mark
+            and record.value["seq"] == int(os.environ["KWHEEL_TEST_RELAY_SLOW_SEQ"])
+            and not os.path.exists(mark)
+        ):
             open(mark, "w").close()
             time.sleep(float(os.environ["KWHEEL_TEST_RELAY_SLOW_S"]))
         ctx.produce("relayed", ctx.key, record.value, record.timestamp)
@@ -43,7 +47,11 @@ class Win(WindowedAggregation):
         return (acc[0] + 1, acc[1] + record.value["seq"])
 
     def emit(self, ctx, window, acc):
-        ctx.produce("windows", ctx.key, {"key": ctx.key, "start": window.start, "count": acc[0], "sum": acc[1]})
+        ctx.produce(
+            "windows",
+            ctx.key,
+            {"key": ctx.key, "start": window.start, "count": acc[0], "sum": acc[1]},
+        )
 
 
 def pipeline(name: str | None = None, partitions: int = 3) -> Pipeline:

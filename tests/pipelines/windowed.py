@@ -22,8 +22,18 @@ class CountAndSum(WindowedAggregation):
         return (a[0] + b[0], a[1] + b[1])
 
     def emit(self, ctx, window, acc):
-        ctx.produce("results", ctx.key, {"key": ctx.key, "start": window.start, "end": window.end,
-                                         "count": acc[0], "sum": acc[1], "watermark": ctx.low_watermark})
+        ctx.produce(
+            "results",
+            ctx.key,
+            {
+                "key": ctx.key,
+                "start": window.start,
+                "end": window.end,
+                "count": acc[0],
+                "sum": acc[1],
+                "watermark": ctx.low_watermark,
+            },
+        )
 
 
 class TumblingAgg(CountAndSum):
@@ -48,8 +58,16 @@ class LateAgg(CountAndSum):
     windows = Tumbling(1000, allowed_lateness_ms=LATENESS_MS)
 
     def late(self, ctx, record):
-        ctx.produce("dropped", ctx.key, {"key": ctx.key, "seq": record.value["seq"], "timestamp": record.timestamp,
-                                         "watermark": ctx.low_watermark})
+        ctx.produce(
+            "dropped",
+            ctx.key,
+            {
+                "key": ctx.key,
+                "seq": record.value["seq"],
+                "timestamp": record.timestamp,
+                "watermark": ctx.low_watermark,
+            },
+        )
 
 
 def _name() -> str:

@@ -26,8 +26,12 @@ class WindowCounter(Computation):
     def process_timer(self, ctx, timer):
         start = timer.timestamp - 1000
         count = ctx.state.pop(timer.tag)
-        ctx.produce("windows", ctx.key, {"key": ctx.key, "start": start, "count": count,
-                                         "watermark": ctx.low_watermark}, timer.timestamp)
+        ctx.produce(
+            "windows",
+            ctx.key,
+            {"key": ctx.key, "start": start, "count": count, "watermark": ctx.low_watermark},
+            timer.timestamp,
+        )
 
 
 class WallPinger(Computation):
@@ -40,8 +44,17 @@ class WallPinger(Computation):
             ctx.set_timer("ping", due, domain="wall")
 
     def process_timer(self, ctx, timer):
-        ctx.produce("pings", ctx.key, {"key": ctx.key, "due": timer.timestamp, "fired_at": int(time.time() * 1000),
-                                       "domain": timer.domain}, timer.timestamp)
+        ctx.produce(
+            "pings",
+            ctx.key,
+            {
+                "key": ctx.key,
+                "due": timer.timestamp,
+                "fired_at": int(time.time() * 1000),
+                "domain": timer.domain,
+            },
+            timer.timestamp,
+        )
 
 
 def _name() -> str:

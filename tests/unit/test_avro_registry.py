@@ -52,12 +52,19 @@ def bound(path_or_dict, topic: str, **kw) -> AvroSerde:
 
 def test_plain_reader_schema_fills_an_added_field_with_its_default():
     old, new = AvroSerde(V1), AvroSerde(V1, reader_schema=V2)
-    assert new.decode(old.encode({"user": "u1", "seq": 7})) == {"user": "u1", "seq": 7, "tier": "free"}
+    assert new.decode(old.encode({"user": "u1", "seq": 7})) == {
+        "user": "u1",
+        "seq": 7,
+        "tier": "free",
+    }
 
 
 def test_plain_reader_schema_drops_a_removed_field():
     writer, reader = AvroSerde(V2), AvroSerde(V2, reader_schema=V1)
-    assert reader.decode(writer.encode({"user": "u1", "seq": 7, "tier": "gold"})) == {"user": "u1", "seq": 7}
+    assert reader.decode(writer.encode({"user": "u1", "seq": 7, "tier": "gold"})) == {
+        "user": "u1",
+        "seq": 7,
+    }
 
 
 def test_plain_schema_as_dict_is_named_after_the_record():
@@ -69,13 +76,18 @@ def test_plain_schema_as_dict_is_named_after_the_record():
 def test_plain_unresolvable_reader_schema_says_which_schemas():
     reader = AvroSerde(BAD, reader_schema=V1)
     data = reader.encode({"user": "a", "seq": "one"})
-    with pytest.raises(SerdeError, match=r"Avro written with schema event_bad\.avsc cannot be read as event_v1\.avsc"):
+    with pytest.raises(
+        SerdeError,
+        match=r"Avro written with schema event_bad\.avsc cannot be read as event_v1\.avsc",
+    ):
         reader.decode(data)
 
 
 def test_plain_trailing_bytes_are_malformed():
     s = AvroSerde(V1)
-    with pytest.raises(SerdeError, match=r"malformed Avro for schema event_v1\.avsc: 3 bytes left over"):
+    with pytest.raises(
+        SerdeError, match=r"malformed Avro for schema event_v1\.avsc: 3 bytes left over"
+    ):
         s.decode(s.encode({"user": "a", "seq": 1}) + b"xyz")
 
 
@@ -86,7 +98,14 @@ def test_plain_json_bytes_are_malformed():
 
 def test_invalid_reader_schema_is_named():
     with pytest.raises(SerdeError, match=r"invalid Avro schema Nope"):
-        AvroSerde(V1, reader_schema={"type": "record", "name": "Nope", "fields": [{"name": "x", "type": "nosuch"}]})
+        AvroSerde(
+            V1,
+            reader_schema={
+                "type": "record",
+                "name": "Nope",
+                "fields": [{"name": "x", "type": "nosuch"}],
+            },
+        )
 
 
 # ---- names, subjects, configuration ----------------------------------------------------------------
@@ -94,7 +113,9 @@ def test_invalid_reader_schema_is_named():
 
 def test_resolve_avro_registry_name():
     s = resolve(f"avro+registry:{V2}")
-    assert isinstance(s, AvroSerde) and s.registry is True and s.name == "avro+registry:event_v2.avsc"
+    assert (
+        isinstance(s, AvroSerde) and s.registry is True and s.name == "avro+registry:event_v2.avsc"
+    )
 
 
 @pytest.mark.parametrize("bad", ["", "sr.example:8081", 1])
@@ -121,19 +142,30 @@ def test_stream_with_missing_registry_schema_is_a_pipeline_error(tmp_path):
 
 
 def test_config_reads_registry_settings_and_hides_the_password():
-    cfg = WorkerConfig.from_env({"KWHEEL_SCHEMA_REGISTRY_URL": "https://sr.example:8081",
-                                 "KWHEEL_SCHEMA_REGISTRY_AUTH": "user:pa55w0rd"})
-    assert cfg.schema_registry_url == "https://sr.example:8081" and cfg.schema_registry_auth == "user:pa55w0rd"
+    cfg = WorkerConfig.from_env(
+        {
+            "KWHEEL_SCHEMA_REGISTRY_URL": "https://sr.example:8081",
+            "KWHEEL_SCHEMA_REGISTRY_AUTH": "user:pa55w0rd",
+        }
+    )
+    assert (
+        cfg.schema_registry_url == "https://sr.example:8081"
+        and cfg.schema_registry_auth == "user:pa55w0rd"
+    )
     assert "pa55w0rd" not in repr(cfg)
 
 
 def test_config_rejects_a_bad_registry_url_without_showing_credentials():
-    with pytest.raises(ConfigError, match=r"schema_registry_url: expected http\(s\)://host:port") as e:
+    with pytest.raises(
+        ConfigError, match=r"schema_registry_url: expected http\(s\)://host:port"
+    ) as e:
         WorkerConfig(schema_registry_url="sr.example:8081")
     with pytest.raises(ConfigError) as e:
         WorkerConfig(schema_registry_url="ftp://u:pa55w0rd@sr.example")
     assert "pa55w0rd" not in str(e.value)
-    with pytest.raises(ConfigError, match=r"schema_registry_auth: expected user:password \(value not shown\)") as e:
+    with pytest.raises(
+        ConfigError, match=r"schema_registry_auth: expected user:password \(value not shown\)"
+    ) as e:
         WorkerConfig(schema_registry_auth="pa55w0rd")
     assert "pa55w0rd" not in str(e.value)
 
@@ -144,7 +176,9 @@ def test_redact_removes_user_info():
 
 def test_registry_serde_without_any_registry_says_what_to_set():
     registry.configure(None)
-    with pytest.raises(RegistryError, match=r"needs a schema registry: set KWHEEL_SCHEMA_REGISTRY_URL"):
+    with pytest.raises(
+        RegistryError, match=r"needs a schema registry: set KWHEEL_SCHEMA_REGISTRY_URL"
+    ):
         bound(V1, "t").encode({"user": "a", "seq": 1})
 
 
@@ -171,10 +205,15 @@ def test_encode_registers_under_topic_value_and_frames_with_the_id(schema_regist
 def test_confluent_deserializer_reads_what_we_write(confluent):
     data = bound(V2, "wire.interop").encode({"user": "u1", "seq": 3, "tier": "gold"})
     de = AvroDeserializer(confluent, schema_text(V1))  # an older reader: drops tier
-    assert de(data, SerializationContext("wire.interop", MessageField.VALUE)) == {"user": "u1", "seq": 3}
+    assert de(data, SerializationContext("wire.interop", MessageField.VALUE)) == {
+        "user": "u1",
+        "seq": 3,
+    }
 
 
-def test_decode_resolves_a_v1_writer_to_the_v2_reader_and_caches_the_writer(schema_registry, confluent):
+def test_decode_resolves_a_v1_writer_to_the_v2_reader_and_caches_the_writer(
+    schema_registry, confluent
+):
     data = produce_v1(confluent, "wire.evolve", {"user": "u1", "seq": 5})
     s = bound(V2, "wire.evolve")
     assert s.decode(data) == {"user": "u1", "seq": 5, "tier": "free"}
@@ -188,17 +227,27 @@ def test_decode_reads_its_own_and_newer_writers(confluent):
     new = v2.encode({"user": "u1", "seq": 1, "tier": "gold"})
     assert v1.decode(new) == {"user": "u1", "seq": 1}  # removed field (for the v1 reader)
     assert v2.decode(new) == {"user": "u1", "seq": 1, "tier": "gold"}
-    assert v2.decode(v1.encode({"user": "u2", "seq": 2})) == {"user": "u2", "seq": 2, "tier": "free"}
+    assert v2.decode(v1.encode({"user": "u2", "seq": 2})) == {
+        "user": "u2",
+        "seq": 2,
+        "tier": "free",
+    }
 
 
 def test_wrong_magic_byte(registry_env):
-    with pytest.raises(SerdeError, match=r"not Confluent Avro wire format: first byte is 0x7b, expected the magic byte 0x00"):
+    with pytest.raises(
+        SerdeError,
+        match=r"not Confluent Avro wire format: first byte is 0x7b, expected the magic byte 0x00",
+    ):
         bound(V2, "t").decode(b'{"user": "u1", "seq": 1}')
 
 
 @pytest.mark.parametrize("data", [b"", b"\x00\x00\x00\x01", None])
 def test_shorter_than_the_header(registry_env, data):
-    with pytest.raises(SerdeError, match=r"not Confluent Avro wire format: \d bytes, shorter than the 5-byte header"):
+    with pytest.raises(
+        SerdeError,
+        match=r"not Confluent Avro wire format: \d bytes, shorter than the 5-byte header",
+    ):
         bound(V2, "t").decode(data)
 
 
@@ -210,7 +259,9 @@ def test_unknown_schema_id(registry_env):
 def test_body_that_does_not_match_its_schema_id(confluent):
     sid = confluent.register_schema("wire.garbage-value", Schema(schema_text(V1), "AVRO"))
     with pytest.raises(SerdeError, match=rf"malformed Avro for schema id {sid}"):
-        bound(V2, "wire.garbage").decode(b"\x00" + sid.to_bytes(4, "big") + b"\xff\xff\xff\xff\xff\xff")
+        bound(V2, "wire.garbage").decode(
+            b"\x00" + sid.to_bytes(4, "big") + b"\xff\xff\xff\xff\xff\xff"
+        )
     good = AvroSerde(V1).encode({"user": "a", "seq": 1})
     with pytest.raises(SerdeError, match=rf"malformed Avro for schema id {sid}: 2 bytes left over"):
         bound(V2, "wire.garbage").decode(b"\x00" + sid.to_bytes(4, "big") + good + b"\x00\x00")
@@ -219,7 +270,9 @@ def test_body_that_does_not_match_its_schema_id(confluent):
 def test_writer_schema_incompatible_with_the_reader(confluent):
     sid = confluent.register_schema("wire.incompatible-value", Schema(schema_text(BAD), "AVRO"))
     body = AvroSerde(BAD).encode({"user": "a", "seq": "one"})
-    with pytest.raises(SerdeError, match=rf"Avro written with schema id {sid} cannot be read as event_v2\.avsc"):
+    with pytest.raises(
+        SerdeError, match=rf"Avro written with schema id {sid} cannot be read as event_v2\.avsc"
+    ):
         bound(V2, "wire.incompatible").decode(b"\x00" + sid.to_bytes(4, "big") + body)
 
 
@@ -232,8 +285,11 @@ def test_non_avro_schema_id(confluent):
 def test_wrong_credentials_are_a_registry_error_without_the_password(schema_registry):
     registry.configure(schema_registry.url, "kwheel:wr0ng-pw")
     try:
-        with pytest.raises(RegistryError, match=r"registering schema event_v1\.avsc under subject 'wire\.auth-value' "
-                                                r"failed: HTTP 401") as e:
+        with pytest.raises(
+            RegistryError,
+            match=r"registering schema event_v1\.avsc under subject 'wire\.auth-value' "
+            r"failed: HTTP 401",
+        ) as e:
             bound(V1, "wire.auth").encode({"user": "a", "seq": 1})
         assert "wr0ng-pw" not in str(e.value)
     finally:
@@ -242,15 +298,23 @@ def test_wrong_credentials_are_a_registry_error_without_the_password(schema_regi
 
 def test_credentials_in_a_serde_url_are_used_and_stay_out_of_messages():
     with TestRegistry(auth=("me", "url-s3cret")) as r:
-        s = AvroSerde(V1, registry=r.url.replace("http://", "http://me:url-s3cret@")).for_topic("wire.userinfo", "value")
+        s = AvroSerde(V1, registry=r.url.replace("http://", "http://me:url-s3cret@")).for_topic(
+            "wire.userinfo", "value"
+        )
         assert s.decode(s.encode({"user": "a", "seq": 1})) == {"user": "a", "seq": 1}
-        wrong = AvroSerde(V1, registry=r.url.replace("http://", "http://me:wr0ng-s3cret@")).for_topic("wire.userinfo", "value")
-        with pytest.raises(RegistryError, match=rf"schema registry {r.url}: registering .* failed: HTTP 401") as e:
+        wrong = AvroSerde(
+            V1, registry=r.url.replace("http://", "http://me:wr0ng-s3cret@")
+        ).for_topic("wire.userinfo", "value")
+        with pytest.raises(
+            RegistryError, match=rf"schema registry {r.url}: registering .* failed: HTTP 401"
+        ) as e:
             wrong.encode({"user": "a", "seq": 1})
         assert "wr0ng-s3cret" not in str(e.value) and "me:" not in str(e.value)
 
 
 def test_unreachable_registry_is_a_registry_error():
     url = f"http://127.0.0.1:{free_port()}"
-    with pytest.raises(RegistryError, match=rf"schema registry {url}: fetching schema id 1 failed: ConnectError"):
+    with pytest.raises(
+        RegistryError, match=rf"schema registry {url}: fetching schema id 1 failed: ConnectError"
+    ):
         AvroSerde(V1, registry=url).for_topic("t", "value").decode(b"\x00\x00\x00\x00\x01\x02a\x02")

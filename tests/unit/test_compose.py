@@ -22,7 +22,13 @@ def parse(args: list[str]):
     cmd = typer.main.get_command(app)
     ctx = cmd.make_context("kwheel", list(args), resilient_parsing=False)
     while hasattr(cmd, "resolve_command"):  # a group: descend into the subcommand
-        name, cmd, rest = cmd.resolve_command(ctx, list(getattr(ctx, "_protected_args", None) or getattr(ctx, "protected_args", None) or []) + ctx.args)
+        name, cmd, rest = cmd.resolve_command(
+            ctx,
+            list(
+                getattr(ctx, "_protected_args", None) or getattr(ctx, "protected_args", None) or []
+            )
+            + ctx.args,
+        )
         ctx = cmd.make_context(name, rest, parent=ctx)
     return ctx
 

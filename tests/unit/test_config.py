@@ -27,10 +27,14 @@ def test_state_dir_string_becomes_path():
 # ---- validation ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["batch_size", "commit_interval_ms", "transaction_timeout_ms", "session_timeout_ms"])
+@pytest.mark.parametrize(
+    "name", ["batch_size", "commit_interval_ms", "transaction_timeout_ms", "session_timeout_ms"]
+)
 @pytest.mark.parametrize("bad", [0, -1, 1.5, "10", True])
 def test_integer_settings_must_be_positive_integers(name, bad):
-    with pytest.raises(ConfigError, match=rf"config {name}: must be a positive integer, got {bad!r}"):
+    with pytest.raises(
+        ConfigError, match=rf"config {name}: must be a positive integer, got {bad!r}"
+    ):
         WorkerConfig(**{name: bad})
 
 
@@ -59,7 +63,9 @@ def test_startup_timeout_must_be_a_finite_positive_number(bad):
 
 @pytest.mark.parametrize("bad", ["", "localhost", "a:1,b", "a:1,"])
 def test_bootstrap_servers_must_be_host_port_list(bad):
-    with pytest.raises(ConfigError, match=r"config bootstrap_servers: expected host:port\[,host:port\]"):
+    with pytest.raises(
+        ConfigError, match=r"config bootstrap_servers: expected host:port\[,host:port\]"
+    ):
         WorkerConfig(bootstrap_servers=bad)
 
 
@@ -112,7 +118,9 @@ def test_env_overrides_defaults():
 
 
 def test_overrides_beat_env():
-    cfg = WorkerConfig.from_env({"KWHEEL_BATCH_SIZE": "7", "KWHEEL_SLOT": "env-slot"}, batch_size=9, slot="flag-slot")
+    cfg = WorkerConfig.from_env(
+        {"KWHEEL_BATCH_SIZE": "7", "KWHEEL_SLOT": "env-slot"}, batch_size=9, slot="flag-slot"
+    )
     assert cfg.batch_size == 9
     assert cfg.slot == "flag-slot"
 
@@ -202,28 +210,41 @@ def test_the_file_sets_fields_and_kafka_settings(tmp_path):
     assert cfg.batch_size == 10
     assert cfg.startup_timeout_s == 5.0 and isinstance(cfg.startup_timeout_s, float)
     assert cfg.log_format == "json"
-    assert cfg.kafka == {"security.protocol": "SASL_SSL", "sasl.mechanism": "PLAIN", "socket.keepalive.enable": "true"}
+    assert cfg.kafka == {
+        "security.protocol": "SASL_SSL",
+        "sasl.mechanism": "PLAIN",
+        "socket.keepalive.enable": "true",
+    }
 
 
 def test_precedence_is_default_file_env_flag(tmp_path):
     path = write(tmp_path, FILE)
-    env = {"KWHEEL_CONFIG": str(path), "KWHEEL_BATCH_SIZE": "20", "KWHEEL_SLOT": "env-slot",
-           "KWHEEL_KAFKA_SASL_MECHANISM": "SCRAM-SHA-512", "KWHEEL_KAFKA_CLIENT_RACK": "az1"}
+    env = {
+        "KWHEEL_CONFIG": str(path),
+        "KWHEEL_BATCH_SIZE": "20",
+        "KWHEEL_SLOT": "env-slot",
+        "KWHEEL_KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
+        "KWHEEL_KAFKA_CLIENT_RACK": "az1",
+    }
     cfg, sources = load(env, slot="flag-slot")
     assert (cfg.commit_interval_ms, sources["commit_interval_ms"]) == (100, "default")
     assert (cfg.bootstrap_servers, sources["bootstrap_servers"]) == ("file:1", "file")
     assert (cfg.batch_size, sources["batch_size"]) == (20, "env")
     assert (cfg.slot, sources["slot"]) == ("flag-slot", "flag")
     # per kafka key: the environment wins, the file's other keys stay
-    assert cfg.kafka == {"security.protocol": "SASL_SSL", "sasl.mechanism": "SCRAM-SHA-512",
-                         "socket.keepalive.enable": "true", "client.rack": "az1"}
+    assert cfg.kafka == {
+        "security.protocol": "SASL_SSL",
+        "sasl.mechanism": "SCRAM-SHA-512",
+        "socket.keepalive.enable": "true",
+        "client.rack": "az1",
+    }
     assert sources["kafka.security.protocol"] == "file"
     assert sources["kafka.sasl.mechanism"] == "env"
     assert sources["kafka.client.rack"] == "env"
 
 
 def test_config_flag_beats_kwheel_config(tmp_path):
-    flag = write(tmp_path, 'batch_size = 1\n')
+    flag = write(tmp_path, "batch_size = 1\n")
     other = tmp_path / "other.toml"
     other.write_text("batch_size = 2\n")
     assert WorkerConfig.from_env({"KWHEEL_CONFIG": str(other)}, config_file=flag).batch_size == 1
@@ -233,18 +254,39 @@ def test_config_flag_beats_kwheel_config(tmp_path):
 @pytest.mark.parametrize(
     "text, message",
     [
-        ("batch_sise = 3\n", r"config file '.*kwheel.toml': unknown key 'batch_sise' \(did you mean 'batch_size'\?\)"),
-        ("colour = 3\n", r"config file '.*kwheel.toml': unknown key 'colour' \(expected one of bootstrap_servers, "),
-        ('batch_size = "3"\n', r"config file '.*kwheel.toml': batch_size = \"3\": expected an integer"),
+        (
+            "batch_sise = 3\n",
+            r"config file '.*kwheel.toml': unknown key 'batch_sise' \(did you mean 'batch_size'\?\)",
+        ),
+        (
+            "colour = 3\n",
+            r"config file '.*kwheel.toml': unknown key 'colour' \(expected one of bootstrap_servers, ",
+        ),
+        (
+            'batch_size = "3"\n',
+            r"config file '.*kwheel.toml': batch_size = \"3\": expected an integer",
+        ),
         ("batch_size = 1.5\n", r"batch_size = 1.5: expected an integer"),
         ("batch_size = true\n", r"batch_size = true: expected an integer"),
         ('startup_timeout_s = "soon"\n', r"startup_timeout_s = \"soon\": expected a number"),
         ("slot = 7\n", r"slot = 7: expected a string"),
         ('kafka = "SASL_SSL"\n', r"kafka must be a table \(\[kafka\]\), got \"SASL_SSL\""),
-        ("[kafka]\nacks = [1, 2]\n", r"kafka.acks = \[1, 2\]: expected a string, number or boolean"),
-        ('[kafka]\n"bootstrap.servers" = "a:1"\n', r"set bootstrap_servers, not bootstrap.servers in \[kafka\]"),
-        ("batch_size = \n", r"config file '.*kwheel.toml': not valid TOML: .*\(at line 1, column 14\)"),
-        ("batch_size = 0\n", r"config batch_size: must be a positive integer, got 0 \(from config file '.*kwheel.toml'\)"),
+        (
+            "[kafka]\nacks = [1, 2]\n",
+            r"kafka.acks = \[1, 2\]: expected a string, number or boolean",
+        ),
+        (
+            '[kafka]\n"bootstrap.servers" = "a:1"\n',
+            r"set bootstrap_servers, not bootstrap.servers in \[kafka\]",
+        ),
+        (
+            "batch_size = \n",
+            r"config file '.*kwheel.toml': not valid TOML: .*\(at line 1, column 14\)",
+        ),
+        (
+            "batch_size = 0\n",
+            r"config batch_size: must be a positive integer, got 0 \(from config file '.*kwheel.toml'\)",
+        ),
     ],
 )
 def test_file_errors_name_the_file_the_key_and_what_was_expected(tmp_path, text, message):
@@ -255,7 +297,10 @@ def test_file_errors_name_the_file_the_key_and_what_was_expected(tmp_path, text,
 
 
 def test_an_unreadable_file_is_a_config_error(tmp_path):
-    with pytest.raises(ConfigError, match=r"config file '.*missing.toml': cannot read it \(No such file or directory\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"config file '.*missing.toml': cannot read it \(No such file or directory\)",
+    ):
         WorkerConfig.from_env({"KWHEEL_CONFIG": str(tmp_path / "missing.toml")})
 
 
@@ -277,7 +322,9 @@ def test_log_level_is_any_case(level):
 
 @pytest.mark.parametrize("field, bad", [("log_level", "LOUD"), ("log_format", "xml")])
 def test_log_settings_are_checked(field, bad):
-    with pytest.raises(ConfigError, match=rf"config {field}: must be .*got {bad!r} \(from KWHEEL_{field.upper()}\)"):
+    with pytest.raises(
+        ConfigError, match=rf"config {field}: must be .*got {bad!r} \(from KWHEEL_{field.upper()}\)"
+    ):
         WorkerConfig.from_env({f"KWHEEL_{field.upper()}": bad})
 
 
@@ -292,19 +339,39 @@ class Extended(WorkerConfig):
 
 
 def test_new_fields_are_read_from_file_and_env_by_their_types(tmp_path):
-    path = write(tmp_path, 'metrics_port = 9100\nschema_registry_url = "http://sr:8081"\nmetrics_enabled = true\n'
-                           'ratio = 1\nspool_dir = "/var/spool"\n')
+    path = write(
+        tmp_path,
+        'metrics_port = 9100\nschema_registry_url = "http://sr:8081"\nmetrics_enabled = true\n'
+        'ratio = 1\nspool_dir = "/var/spool"\n',
+    )
     cfg, sources = load({}, path, Extended)
-    assert (cfg.metrics_port, cfg.schema_registry_url, cfg.metrics_enabled, cfg.ratio, cfg.spool_dir) == (
-        9100, "http://sr:8081", True, 1.0, Path("/var/spool"))
+    assert (
+        cfg.metrics_port,
+        cfg.schema_registry_url,
+        cfg.metrics_enabled,
+        cfg.ratio,
+        cfg.spool_dir,
+    ) == (9100, "http://sr:8081", True, 1.0, Path("/var/spool"))
     assert sources["metrics_port"] == "file"
-    env = {"KWHEEL_METRICS_PORT": "9200", "KWHEEL_SCHEMA_REGISTRY_URL": "", "KWHEEL_METRICS_ENABLED": "off",
-           "KWHEEL_RATIO": "0.25", "KWHEEL_SPOOL_DIR": "/tmp/s"}
+    env = {
+        "KWHEEL_METRICS_PORT": "9200",
+        "KWHEEL_SCHEMA_REGISTRY_URL": "",
+        "KWHEEL_METRICS_ENABLED": "off",
+        "KWHEEL_RATIO": "0.25",
+        "KWHEEL_SPOOL_DIR": "/tmp/s",
+    }
     cfg = load(env, path, Extended)[0]
-    assert (cfg.metrics_port, cfg.schema_registry_url, cfg.metrics_enabled, cfg.ratio, cfg.spool_dir) == (
-        9200, None, False, 0.25, Path("/tmp/s"))
+    assert (
+        cfg.metrics_port,
+        cfg.schema_registry_url,
+        cfg.metrics_enabled,
+        cfg.ratio,
+        cfg.spool_dir,
+    ) == (9200, None, False, 0.25, Path("/tmp/s"))
     assert load({}, None, Extended)[0].metrics_port is None
-    with pytest.raises(ConfigError, match=r"KWHEEL_METRICS_ENABLED='maybe': expected true or false"):
+    with pytest.raises(
+        ConfigError, match=r"KWHEEL_METRICS_ENABLED='maybe': expected true or false"
+    ):
         load({"KWHEEL_METRICS_ENABLED": "maybe"}, None, Extended)
     with pytest.raises(ConfigError, match=r"metrics_port = \"9100\": expected an integer"):
         load({}, write(tmp_path, 'metrics_port = "9100"\n'), Extended)
@@ -322,27 +389,52 @@ def test_a_field_named_like_the_kafka_prefix_is_not_passed_through():
 # ---- masking ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", [
-    "sasl.password", "ssl.key.password", "ssl.keystore.password", "ssl.key.pem", "ssl.key.location",
-    "sasl.oauthbearer.client.secret", "sasl.oauthbearer.config", "sasl.oauthbearer.token.endpoint.url",
-    "basic.auth.user.info", "schema.registry.basic.auth.user.info", "schema_registry_password", "api_token",
-    "sasl.jaas.config",
-])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "sasl.password",
+        "ssl.key.password",
+        "ssl.keystore.password",
+        "ssl.key.pem",
+        "ssl.key.location",
+        "sasl.oauthbearer.client.secret",
+        "sasl.oauthbearer.config",
+        "sasl.oauthbearer.token.endpoint.url",
+        "basic.auth.user.info",
+        "schema.registry.basic.auth.user.info",
+        "schema_registry_password",
+        "api_token",
+        "sasl.jaas.config",
+    ],
+)
 def test_secrets_are_recognised(name):
     assert is_secret(name)
 
 
-@pytest.mark.parametrize("name", [
-    "security.protocol", "sasl.mechanism", "sasl.username", "ssl.ca.location", "ssl.keystore.location",
-    "bootstrap_servers", "slot", "client.rack", "sasl.kerberos.keytab",
-])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "security.protocol",
+        "sasl.mechanism",
+        "sasl.username",
+        "ssl.ca.location",
+        "ssl.keystore.location",
+        "bootstrap_servers",
+        "slot",
+        "client.rack",
+        "sasl.kerberos.keytab",
+    ],
+)
 def test_other_settings_are_shown(name):
     assert not is_secret(name)
 
 
 def test_describe_masks_secrets_and_url_passwords(tmp_path):
-    env = {"KWHEEL_KAFKA_SASL_PASSWORD": "s3cret", "KWHEEL_KAFKA_SASL_USERNAME": "kw",
-           "KWHEEL_KAFKA_SSL_KEY_PEM": "-----BEGIN"}
+    env = {
+        "KWHEEL_KAFKA_SASL_PASSWORD": "s3cret",
+        "KWHEEL_KAFKA_SASL_USERNAME": "kw",
+        "KWHEEL_KAFKA_SSL_KEY_PEM": "-----BEGIN",
+    }
     shown = describe(*load(env))
     assert shown["kafka.sasl.password"] == {"value": "***", "source": "env"}
     assert shown["kafka.ssl.key.pem"]["value"] == "***"
@@ -350,7 +442,10 @@ def test_describe_masks_secrets_and_url_passwords(tmp_path):
     assert shown["batch_size"] == {"value": 5000, "source": "default"}
     assert shown["slot"] == {"value": None, "source": "default"}
     assert "s3cret" not in repr(shown) and "BEGIN" not in repr(shown)
-    assert masked("schema_registry_url", "https://user:pw@sr.example.com:8081/x") == "https://user:***@sr.example.com:8081/x"
+    assert (
+        masked("schema_registry_url", "https://user:pw@sr.example.com:8081/x")
+        == "https://user:***@sr.example.com:8081/x"
+    )
     assert masked("schema_registry_url", "http://sr:8081") == "http://sr:8081"
 
 

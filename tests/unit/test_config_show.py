@@ -14,15 +14,26 @@ ROOT = Path(__file__).resolve().parents[2]
 def kwheel(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("KWHEEL_")}
     clean["PYTHONPATH"] = f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"
-    return subprocess.run([sys.executable, "-m", "kwheel", *args], env={**clean, **env}, cwd=cwd,
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "kwheel", *args],
+        env={**clean, **env},
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def test_config_show_json_gives_values_sources_and_masks_secrets(tmp_path):
     (tmp_path / "kwheel.toml").write_text(
         'bootstrap_servers = "file:1"\nbatch_size = 10\ncommit_interval_ms = 50\n'
-        '[kafka]\nsecurity.protocol = "SASL_SSL"\n"sasl.password" = "file-pa55"\n')
-    env = {"KWHEEL_CONFIG": "kwheel.toml", "KWHEEL_BATCH_SIZE": "20", "KWHEEL_KAFKA_SSL_KEY_PASSWORD": "env-pa55"}
+        '[kafka]\nsecurity.protocol = "SASL_SSL"\n"sasl.password" = "file-pa55"\n'
+    )
+    env = {
+        "KWHEEL_CONFIG": "kwheel.toml",
+        "KWHEEL_BATCH_SIZE": "20",
+        "KWHEEL_KAFKA_SSL_KEY_PASSWORD": "env-pa55",
+    }
     r = kwheel("config", "show", "--json", "-b", "flag:2", env=env, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "pa55" not in r.stdout + r.stderr
@@ -56,7 +67,10 @@ def test_a_bad_config_file_is_one_error_line_and_exit_1(tmp_path):
     for args in (["config", "show", "--config", "k.toml"], ["worker", "m:p", "--config", "k.toml"]):
         r = kwheel(*args, env={}, cwd=tmp_path)
         assert r.returncode == 1
-        assert r.stderr == "kwheel: error: config file 'k.toml': batch_size = \"many\": expected an integer\n"
+        assert (
+            r.stderr
+            == "kwheel: error: config file 'k.toml': batch_size = \"many\": expected an integer\n"
+        )
 
 
 def test_schema_registry_auth_is_masked():
@@ -64,4 +78,7 @@ def test_schema_registry_auth_is_masked():
 
     assert is_secret("schema_registry_auth")
     assert masked("schema_registry_auth", "user:pw") == "***"
-    assert masked("schema_registry_url", "http://user:pw@registry:8081") == "http://user:***@registry:8081"
+    assert (
+        masked("schema_registry_url", "http://user:pw@registry:8081")
+        == "http://user:***@registry:8081"
+    )

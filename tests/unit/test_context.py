@@ -215,7 +215,9 @@ def test_produce_to_rekeyed_stream_also_writes_repartition_topic(ctx):
 
 def test_produce_to_stream_that_is_not_an_output_is_rejected(ctx):
     ctx.begin("u", key_tag("u"), KeyState({}), PARENT, 0)
-    with pytest.raises(PipelineError, match=r"cannot produce to 'events': not an output of this computation"):
+    with pytest.raises(
+        PipelineError, match=r"cannot produce to 'events': not an output of this computation"
+    ):
         ctx.produce("events", "k", {})
     assert ctx.outputs == []
 
@@ -228,7 +230,9 @@ def test_produce_with_bad_key_names_the_stream(ctx):
 
 def test_produce_with_bad_value_names_the_stream(ctx):
     ctx.begin("u", key_tag("u"), KeyState({}), PARENT, 0)
-    with pytest.raises(SerdeError, match=r"value for stream 'counts': value is not JSON-serialisable"):
+    with pytest.raises(
+        SerdeError, match=r"value for stream 'counts': value is not JSON-serialisable"
+    ):
         ctx.produce("counts", "k", {"s": {1}})
 
 
@@ -325,7 +329,9 @@ def test_begin_resets_timer_ops(ctx):
     ops = ctx.timer_ops
     ctx.begin("v", key_tag("v"), KeyState({}), PARENT, 0)
     assert ctx.timer_ops == []
-    assert ops == [(timer_key(key_tag("u"), "t"), encode_timer(1, b"e"))]  # the old list is not cleared
+    assert ops == [
+        (timer_key(key_tag("u"), "t"), encode_timer(1, b"e"))
+    ]  # the old list is not cleared
 
 
 def test_timers_do_not_consume_output_ids_or_produce_outputs(ctx):
@@ -350,7 +356,9 @@ def test_a_re_keyed_record_lands_where_the_computations_direct_input_puts_its_ke
     p.stream("b", partitions=3, value="json")  # written by the pipeline: its producers re-key
     p.computation("w", Nop, inputs=["a"], outputs=["b"])
     p.computation("c", Nop, inputs=["a", Input("b", key_by=lambda r: r.value["k"])])
-    [_, (topic, key, _, _, _, partition)] = StreamWriter(p.validate(), ["b"]).encode("b", "x", {"k": "key-7"}, 1, PARENT)
+    [_, (topic, key, _, _, _, partition)] = StreamWriter(p.validate(), ["b"]).encode(
+        "b", "x", {"k": "key-7"}, 1, PARENT
+    )
     assert topic == "p.c.b.repartition" and key == key_tag("key-7")
     assert partition == partition_for(JSON.encode("key-7"), 5)
 
@@ -365,7 +373,8 @@ def test_a_re_keyed_source_record_goes_through_the_stage_to_the_same_partition()
     p.computation("c", Nop, inputs=["a", Input("b", key_by=lambda r: r.value["k"])])
     p.validate()
     assert [r.topic for r in p.routes("b")] == ["p.b"]
-    [(topic, key, _, _, _, partition)] = StreamWriter(p, ["c.rekey.b"]).encode("c.rekey.b", "key-7", {"k": "key-7"},
-                                                                               1, PARENT)
+    [(topic, key, _, _, _, partition)] = StreamWriter(p, ["c.rekey.b"]).encode(
+        "c.rekey.b", "key-7", {"k": "key-7"}, 1, PARENT
+    )
     assert topic == "p.c.b.repartition" and key == key_tag("key-7")
     assert partition == partition_for(JSON.encode("key-7"), 5)

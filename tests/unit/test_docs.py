@@ -24,8 +24,15 @@ CONFIG_DOC = ROOT / "docs" / "configuration.md"
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 # Documented variables that are not WorkerConfig fields on purpose.
-OTHER_PREFIXES = (ENV_PREFIX + "KAFKA_", ENV_PREFIX + "TEST_", ENV_PREFIX + "ZEITGEIST_", ENV_PREFIX + "KEYED_COUNT_", ENV_PREFIX + "BENCH_",
-                  ENV_PREFIX + "CHAOS", CONFIG_ENV)
+OTHER_PREFIXES = (
+    ENV_PREFIX + "KAFKA_",
+    ENV_PREFIX + "TEST_",
+    ENV_PREFIX + "ZEITGEIST_",
+    ENV_PREFIX + "KEYED_COUNT_",
+    ENV_PREFIX + "BENCH_",
+    ENV_PREFIX + "CHAOS",
+    CONFIG_ENV,
+)
 FIELDS = {f.name: f for f in dataclasses.fields(WorkerConfig)}
 
 
@@ -79,7 +86,9 @@ def default_of(f: dataclasses.Field) -> object:
 @pytest.mark.parametrize("name", sorted(FIELDS))
 def test_every_field_is_documented_with_its_environment_variable(name):
     rows = field_rows()
-    assert name in rows, f"WorkerConfig.{name} has no row in the settings table of {CONFIG_DOC.name}"
+    assert name in rows, (
+        f"WorkerConfig.{name} has no row in the settings table of {CONFIG_DOC.name}"
+    )
     want = ENV_PREFIX + "KAFKA_<NAME>" if name == "kafka" else env_var(name)
     assert want in backticked(rows[name][1]), f"the row of {name} does not name {want}"
     assert want in doc_text()
@@ -99,20 +108,28 @@ def test_documented_defaults_are_the_real_ones(name):
     else:
         documented = ast.literal_eval(text)
         assert documented == real and type(documented) is type(real), (
-            f"{name}: documented default {text!r}, real {real!r}")
+            f"{name}: documented default {text!r}, real {real!r}"
+        )
 
 
 def test_no_unknown_kwheel_variables_in_the_docs():
     known = {env_var(n) for n in FIELDS}
     for path in DOCS:
-        for var in set(re.findall(r"\b" + ENV_PREFIX + r"[A-Z0-9_]+", path.read_text(encoding="utf-8"))):
+        for var in set(
+            re.findall(r"\b" + ENV_PREFIX + r"[A-Z0-9_]+", path.read_text(encoding="utf-8"))
+        ):
             assert var in known or var.startswith(OTHER_PREFIXES), (
-                f"{path.relative_to(ROOT)} mentions {var}, which WorkerConfig does not read")
+                f"{path.relative_to(ROOT)} mentions {var}, which WorkerConfig does not read"
+            )
 
 
 def test_the_kafka_pass_through_works_as_documented():
-    cfg = WorkerConfig.from_env({ENV_PREFIX + "KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
-                                 ENV_PREFIX + "KAFKA_SASL_MECHANISM": "SCRAM-SHA-512"})
+    cfg = WorkerConfig.from_env(
+        {
+            ENV_PREFIX + "KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+            ENV_PREFIX + "KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
+        }
+    )
     assert cfg.kafka == {"security.protocol": "SASL_SSL", "sasl.mechanism": "SCRAM-SHA-512"}
 
 
@@ -143,8 +160,8 @@ def section(command: str) -> str:
     text = doc_text()
     m = re.search(rf"^#+ `kwheel {re.escape(command)}`\s*$", text, flags=re.M)
     assert m, f"{CONFIG_DOC.name} has no section headed `kwheel {command}`"
-    nxt = re.search(r"^#+ ", text[m.end():], flags=re.M)
-    return text[m.end(): m.end() + nxt.start()] if nxt else text[m.end():]
+    nxt = re.search(r"^#+ ", text[m.end() :], flags=re.M)
+    return text[m.end() : m.end() + nxt.start()] if nxt else text[m.end() :]
 
 
 def test_the_commands_are_the_known_ones():
@@ -157,7 +174,9 @@ def test_every_option_and_argument_is_documented_in_its_section(command):
     spans = {s for cell in table_rows(body) for s in backticked(cell[0])}
     for param in COMMANDS[command].params:
         if param.param_type_name == "argument":
-            assert param.name.upper() in spans, f"kwheel {command}: argument {param.name.upper()} not documented"
+            assert param.name.upper() in spans, (
+                f"kwheel {command}: argument {param.name.upper()} not documented"
+            )
             continue
         for opt in [*param.opts, *param.secondary_opts]:
             if opt == "--help":
@@ -183,10 +202,13 @@ def test_documented_numeric_option_defaults_are_the_real_ones(command):
         cells = rows[param.opts[0]]
         spans = backticked(cells[1])
         assert spans and ast.literal_eval(spans[0]) == param.default, (
-            f"kwheel {command} {param.opts[0]}: documented default {cells[1]!r}, real {param.default!r}")
+            f"kwheel {command} {param.opts[0]}: documented default {cells[1]!r}, real {param.default!r}"
+        )
 
 
-@pytest.mark.parametrize("name", ["bootstrap_servers", "state_dir", "slot", "batch_size", "commit_interval_ms"])
+@pytest.mark.parametrize(
+    "name", ["bootstrap_servers", "state_dir", "slot", "batch_size", "commit_interval_ms"]
+)
 def test_flags_of_settings_are_listed_with_the_setting(name):
     flags = {o for cmd in COMMANDS.values() for p in cmd.params if p.name == name for o in p.opts}
     assert flags, f"no command has an option for {name}"
@@ -203,7 +225,8 @@ def test_the_tutorial_shows_the_code_of_its_example():
     shown = re.findall(r"^```python\n(.*?)^```", tutorial, flags=re.S | re.M)
     assert shown, "docs/tutorial.md shows no pipeline code"
     assert shown[0].strip() in (ROOT / "examples" / "tutorial.py").read_text(encoding="utf-8"), (
-        "the pipeline in docs/tutorial.md differs from examples/tutorial.py")
+        "the pipeline in docs/tutorial.md differs from examples/tutorial.py"
+    )
 
 
 def test_the_tutorial_pipeline_loads():
@@ -249,4 +272,6 @@ def test_relative_links_point_to_existing_files(path, target):
     dest = (path.parent / file).resolve() if file else path
     assert dest.exists(), f"{path.relative_to(ROOT)} links to {target}, which does not exist"
     if anchor and dest.suffix == ".md":
-        assert anchor in anchors(dest), f"{path.relative_to(ROOT)} links to {target}: no such heading"
+        assert anchor in anchors(dest), (
+            f"{path.relative_to(ROOT)} links to {target}: no such heading"
+        )

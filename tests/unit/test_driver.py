@@ -18,7 +18,9 @@ class Counter(Computation):
             raise ValueError("poisoned")
         n = ctx.state.get("count", 0) + 1
         ctx.state["count"] = n
-        ctx.produce("counts", ctx.key, {"key": ctx.key, "count": n, "late": record.late}, record.timestamp)
+        ctx.produce(
+            "counts", ctx.key, {"key": ctx.key, "count": n, "late": record.late}, record.timestamp
+        )
 
 
 class PerSecond(WindowedAggregation):
@@ -41,7 +43,9 @@ class Reminder(Computation):
         ctx.set_timer("remind", record.value["now"] + 1000, domain="wall")
 
     def process_timer(self, ctx, timer):
-        ctx.produce("reminders", ctx.key, {"key": ctx.key, "at": timer.timestamp, "domain": timer.domain})
+        ctx.produce(
+            "reminders", ctx.key, {"key": ctx.key, "at": timer.timestamp, "domain": timer.domain}
+        )
 
 
 def two_stage(dead_letter: bool = False) -> Pipeline:
@@ -52,7 +56,13 @@ def two_stage(dead_letter: bool = False) -> Pipeline:
     p.stream("per_second", partitions=2)
     if dead_letter:
         p.stream("dead", partitions=1, value="bytes")
-    p.computation("counter", Counter, inputs=["events"], outputs=["counts"], dead_letter="dead" if dead_letter else None)
+    p.computation(
+        "counter",
+        Counter,
+        inputs=["events"],
+        outputs=["counts"],
+        dead_letter="dead" if dead_letter else None,
+    )
     p.computation("windows", PerSecond, inputs=["counts"], outputs=["per_second"])
     return p
 
@@ -71,8 +81,12 @@ def test_records_are_counted_per_key_on_the_partition_kafka_would_pick(driver):
     for i in range(30):
         driver.send("events", f"u{i % 4}", {"seq": i}, timestamp=1000 + i)
     counts = driver.outputs("counts")
-    assert values(counts, "key", "count") == sorted((f"u{k}", n) for k in range(4) for n in range(1, 9 if k < 2 else 8))
-    assert [r.value["count"] for r in counts if r.key == "u1"] == list(range(1, 9))  # per key: in order
+    assert values(counts, "key", "count") == sorted(
+        (f"u{k}", n) for k in range(4) for n in range(1, 9 if k < 2 else 8)
+    )
+    assert [r.value["count"] for r in counts if r.key == "u1"] == list(
+        range(1, 9)
+    )  # per key: in order
     assert driver.state("counter", "u1") == {"count": 8}
     assert driver.state("counter", "nobody") == {}
     for m in driver.messages("counts"):
@@ -122,7 +136,9 @@ def test_wall_timers_fire_when_the_test_moves_the_clock():
         d.advance_wall_clock(999)
         assert d.outputs("reminders") == []
         d.advance_wall_clock(1)
-        assert [(r.key, r.value) for r in d.outputs("reminders")] == [("k", {"key": "k", "at": 11_000, "domain": "wall"})]
+        assert [(r.key, r.value) for r in d.outputs("reminders")] == [
+            ("k", {"key": "k", "at": 11_000, "domain": "wall"})
+        ]
         assert d.timers("reminder") == []
         with pytest.raises(ValueError, match="only moves forward"):
             d.advance_wall_clock(-1)
@@ -139,8 +155,11 @@ def test_a_record_id_seen_before_is_dropped(driver):
 def test_a_failing_record_stops_the_run_and_is_replayed_next_time(driver):
     driver.send("events", "a", {"seq": 1}, timestamp=1)
     driver.send("events", "a", {"seq": 2, "poison": True}, timestamp=2)
-    with pytest.raises(RecordError, match=r"computation 'counter' failed on key 'a' at driven.events\[\d\]@1: "
-                                          r"ValueError: poisoned"):
+    with pytest.raises(
+        RecordError,
+        match=r"computation 'counter' failed on key 'a' at driven.events\[\d\]@1: "
+        r"ValueError: poisoned",
+    ):
         driver.run()
     stats = driver.stats("counter")
     assert (stats["aborts"], stats["processed"], stats["commits"]) == (1, 1, 0)
@@ -175,7 +194,10 @@ def test_state_timers_and_seen_ids_survive_a_restart_from_the_changelog_alone(dr
     driver.finish()
     assert values(driver.outputs("counts"), "key", "count") == [("a", 1), ("a", 2), ("b", 1)]
     assert driver.stats("counter")["duplicates"] == 1
-    assert values(driver.outputs("per_second"), "key", "start", "n") == [("a", 1000, 2), ("b", 1000, 1)]
+    assert values(driver.outputs("per_second"), "key", "start", "n") == [
+        ("a", 1000, 2),
+        ("b", 1000, 1),
+    ]
 
 
 def test_only_runs_the_named_computation_fed_directly():
@@ -200,8 +222,13 @@ def test_a_rekeyed_input_goes_through_its_repartition_topic():
     p = Pipeline("rekeyed")
     p.stream("events", partitions=4, source=True)
     p.stream("counts", partitions=3)
-    p.computation("counter", Counter, inputs=[Input("events", key_by=lambda r: r.value["country"])],
-                  outputs=["counts"], partitions=3)
+    p.computation(
+        "counter",
+        Counter,
+        inputs=[Input("events", key_by=lambda r: r.value["country"])],
+        outputs=["counts"],
+        partitions=3,
+    )
     with PipelineDriver(p, wall_clock_ms=0) as d:
         for i in range(20):
             d.send("events", f"user{i}", {"country": ["de", "fr", "jp"][i % 3]}, timestamp=i)
@@ -214,11 +241,21 @@ def test_runs_are_deterministic():
     def run():
         with PipelineDriver(two_stage(), wall_clock_ms=0) as d:
             for i in range(200):
-                d.send("events", f"u{i % 7}", {"seq": i}, timestamp=i * 37 % 5000, id=i.to_bytes(4, "big"))
+                d.send(
+                    "events",
+                    f"u{i % 7}",
+                    {"seq": i},
+                    timestamp=i * 37 % 5000,
+                    id=i.to_bytes(4, "big"),
+                )
                 if i % 50 == 49:
                     d.advance_watermark("events", i * 20)
             d.finish()
-            return [(r.key, r.value, r.timestamp, r.id) for s in ("counts", "per_second") for r in d.outputs(s)]
+            return [
+                (r.key, r.value, r.timestamp, r.id)
+                for s in ("counts", "per_second")
+                for r in d.outputs(s)
+            ]
 
     first = run()
     assert len(first) > 200
@@ -230,13 +267,19 @@ def test_a_key_read_directly_and_through_a_repartition_topic_has_one_state():
     p.stream("a", partitions=4, source=True)
     p.stream("b", partitions=4, source=True)
     p.stream("counts", partitions=1)
-    p.computation("counter", Counter, inputs=["a", Input("b", key_by=lambda r: r.value["k"])], outputs=["counts"])
+    p.computation(
+        "counter",
+        Counter,
+        inputs=["a", Input("b", key_by=lambda r: r.value["k"])],
+        outputs=["counts"],
+    )
     with PipelineDriver(p, wall_clock_ms=0) as d:
         for k in ("w", "x", "y", "z"):
             d.send("a", k, {}, timestamp=1)
             d.send("b", "other", {"k": k}, timestamp=2)
-        assert sorted((r.key, r.value["count"]) for r in d.outputs("counts")) == \
-            [(k, n) for k in ("w", "x", "y", "z") for n in (1, 2)]
+        assert sorted((r.key, r.value["count"]) for r in d.outputs("counts")) == [
+            (k, n) for k in ("w", "x", "y", "z") for n in (1, 2)
+        ]
 
 
 class Deadline(Computation):
@@ -244,12 +287,20 @@ class Deadline(Computation):
 
     def process_record(self, ctx, record):
         ctx.set_timer("close", 1000)
-        ctx.produce("closed", ctx.key, {"key": ctx.key, "at": ctx.low_watermark, "late": record.late},
-                    record.timestamp)
+        ctx.produce(
+            "closed",
+            ctx.key,
+            {"key": ctx.key, "at": ctx.low_watermark, "late": record.late},
+            record.timestamp,
+        )
 
     def process_timer(self, ctx, timer):
-        ctx.produce("closed", ctx.key, {"key": ctx.key, "fired": timer.timestamp, "at": ctx.low_watermark},
-                    timer.timestamp)
+        ctx.produce(
+            "closed",
+            ctx.key,
+            {"key": ctx.key, "fired": timer.timestamp, "at": ctx.low_watermark},
+            timer.timestamp,
+        )
 
 
 def test_timers_that_close_at_once_fire_in_bounded_transactions(monkeypatch):
@@ -291,7 +342,9 @@ class Hoarder(Computation):
         ctx.produce("closed", ctx.key, {"key": ctx.key}, record.timestamp)
 
 
-@pytest.mark.parametrize("literal", ["'x' * 1_100_000", "1 << 9_000_000", "{('a', i): i for i in range(200_000)}"])
+@pytest.mark.parametrize(
+    "literal", ["'x' * 1_100_000", "1 << 9_000_000", "{('a', i): i for i in range(200_000)}"]
+)
 def test_a_state_over_a_changelog_record_is_an_error_of_its_record(literal):
     # estimated from above without encoding: a big int or a tuple key must not slip through
     p = Pipeline("hoard")

@@ -52,11 +52,14 @@ def test_first_timestamp_below_the_bound_gives_a_negative_watermark():
     assert BoundedDisorder(100).observe(50) == -50
 
 
-@pytest.mark.parametrize("timestamps", [
-    [5, 3, 9, 1, 9, 12, 0, 100, 50],
-    [1700000000000, 1699999999000, 1700000005000, 1700000004999],
-    list(range(100, 0, -1)),
-])
+@pytest.mark.parametrize(
+    "timestamps",
+    [
+        [5, 3, 9, 1, 9, 12, 0, 100, 50],
+        [1700000000000, 1699999999000, 1700000005000, 1700000004999],
+        list(range(100, 0, -1)),
+    ],
+)
 def test_watermark_is_monotonic_and_never_above_max_seen_minus_bound(timestamps):
     b = BoundedDisorder(7)
     last = MIN_WATERMARK

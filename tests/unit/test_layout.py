@@ -72,8 +72,15 @@ def test_id_batch_encoding_is_length_prefixed():
 
 
 def test_key_prefixes_are_distinct():
-    prefixes = {layout.STATE, layout.ID_BATCH, layout.SEEN, layout.META, layout.TIMER, layout.TIMER_INDEX,
-                layout.WATERMARK}
+    prefixes = {
+        layout.STATE,
+        layout.ID_BATCH,
+        layout.SEEN,
+        layout.META,
+        layout.TIMER,
+        layout.TIMER_INDEX,
+        layout.WATERMARK,
+    }
     assert len(prefixes) == 7
     assert all(len(p) == 1 for p in prefixes)
     assert layout.APPLIED_OFFSET.startswith(layout.META)
@@ -82,7 +89,9 @@ def test_key_prefixes_are_distinct():
 
 # ---- timers ---------------------------------------------------------------------------------
 
-KEYTAGS = [layout.key_tag(k) for k in ("", "user-1", "ünï", "a\x00b", b"", b"user-1", b"\x00\xff\x80")]
+KEYTAGS = [
+    layout.key_tag(k) for k in ("", "user-1", "ünï", "a\x00b", b"", b"user-1", b"\x00\xff\x80")
+]
 TAGS = ["", "t", "window-end", "ünï ☃ 🕐", "a\x00b", "x" * 300]
 
 
@@ -115,8 +124,26 @@ def test_timer_value_round_trip(ts, domain):
     assert layout.decode_timer(value) == (ts, domain)
 
 
-TIMES = sorted([-(2**63), -(2**63) + 1, -(2**40), -1700000000000, -256, -2, -1, 0, 1, 2, 255, 256, 2**40,
-                1700000000000, 2**63 - 2, 2**63 - 1])
+TIMES = sorted(
+    [
+        -(2**63),
+        -(2**63) + 1,
+        -(2**40),
+        -1700000000000,
+        -256,
+        -2,
+        -1,
+        0,
+        1,
+        2,
+        255,
+        256,
+        2**40,
+        1700000000000,
+        2**63 - 2,
+        2**63 - 1,
+    ]
+)
 
 
 @pytest.mark.parametrize("domain", [b"e", b"w"])

@@ -57,13 +57,17 @@ def test_bad_reference_format(ref):
 
 def test_missing_module():
     name = f"kwheel_missing_{uuid.uuid4().hex[:10]}"
-    with pytest.raises(LoadError, match=rf"cannot import pipeline module '{name}': no module named '{name}'"):
+    with pytest.raises(
+        LoadError, match=rf"cannot import pipeline module '{name}': no module named '{name}'"
+    ):
         load_pipeline(f"{name}:pipeline")
 
 
 def test_missing_parent_package():
     pkg = f"kwheel_missing_{uuid.uuid4().hex[:10]}"
-    with pytest.raises(LoadError, match=rf"cannot import pipeline module '{pkg}\.sub': no module named '{pkg}'"):
+    with pytest.raises(
+        LoadError, match=rf"cannot import pipeline module '{pkg}\.sub': no module named '{pkg}'"
+    ):
         load_pipeline(f"{pkg}.sub:pipeline")
 
 
@@ -77,16 +81,23 @@ def test_module_importing_a_missing_dependency(make_module):
 
 
 # regression: the module-name check had no dot boundary (loader.py)
-def test_missing_dependency_whose_name_prefixes_the_module_is_reported_as_a_failed_import(make_module):
+def test_missing_dependency_whose_name_prefixes_the_module_is_reported_as_a_failed_import(
+    make_module,
+):
     dep = f"kwheeldep{uuid.uuid4().hex[:8]}"
     name = make_module(f"import {dep}\n", prefix=dep)
-    with pytest.raises(LoadError, match=rf"pipeline module '{name}' failed to import: ModuleNotFoundError"):
+    with pytest.raises(
+        LoadError, match=rf"pipeline module '{name}' failed to import: ModuleNotFoundError"
+    ):
         load_pipeline(f"{name}:pipeline")
 
 
 def test_module_raising_on_import(make_module):
     name = make_module("raise RuntimeError('boom while importing')\n")
-    with pytest.raises(LoadError, match=rf"pipeline module '{name}' failed to import: RuntimeError: boom while importing"):
+    with pytest.raises(
+        LoadError,
+        match=rf"pipeline module '{name}' failed to import: RuntimeError: boom while importing",
+    ):
         load_pipeline(f"{name}:pipeline")
 
 
@@ -105,7 +116,9 @@ def test_module_raising_kwheel_error_on_import_keeps_its_message(make_module):
         p.stream("s")
         """
     )
-    with pytest.raises(LoadError, match=rf"pipeline module '{name}': pipeline 'dup': stream 's' declared twice"):
+    with pytest.raises(
+        LoadError, match=rf"pipeline module '{name}': pipeline 'dup': stream 's' declared twice"
+    ):
         load_pipeline(f"{name}:p")
 
 

@@ -40,7 +40,11 @@ def test_json_lines_have_the_standard_fields(capture):
     log.info("hello %s", "world")
     line = json.loads(buf.getvalue())
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", line["ts"])
-    assert line["level"] == "INFO" and line["logger"] == "kwheel.test_logs" and line["message"] == "hello world"
+    assert (
+        line["level"] == "INFO"
+        and line["logger"] == "kwheel.test_logs"
+        and line["message"] == "hello world"
+    )
     assert isinstance(line["pid"], int)
     assert not {"computation", "task", "partition", "slot"} & set(line)
 
@@ -48,13 +52,19 @@ def test_json_lines_have_the_standard_fields(capture):
 def test_json_lines_carry_the_task_context(capture):
     log, buf = capture("json", slot="node1-0")
     with logs.log_context("counter", 3):
-        log.warning("a\nmultiline \"message\"")
+        log.warning('a\nmultiline "message"')
     with logs.log_context("counter"):
         log.info("computation only")
     task, computation = map(json.loads, buf.getvalue().splitlines())
-    assert task["computation"] == "counter" and task["partition"] == 3 and task["task"] == "counter[3]"
-    assert task["slot"] == "node1-0" and task["message"] == "a\nmultiline \"message\""
-    assert computation["computation"] == "counter" and "partition" not in computation and "task" not in computation
+    assert (
+        task["computation"] == "counter" and task["partition"] == 3 and task["task"] == "counter[3]"
+    )
+    assert task["slot"] == "node1-0" and task["message"] == 'a\nmultiline "message"'
+    assert (
+        computation["computation"] == "counter"
+        and "partition" not in computation
+        and "task" not in computation
+    )
 
 
 def test_the_context_ends_with_its_block(capture):
@@ -162,5 +172,7 @@ def test_librdkafka_logs_go_through_logging_in_json_format_only():
     from kwheel.config import WorkerConfig
     from kwheel.kafka import clients
 
-    assert clients.base_config(WorkerConfig(log_format="json"))["logger"] is logging.getLogger("kwheel.librdkafka")
+    assert clients.base_config(WorkerConfig(log_format="json"))["logger"] is logging.getLogger(
+        "kwheel.librdkafka"
+    )
     assert "logger" not in clients.group_consumer_config(WorkerConfig(), "g", None)

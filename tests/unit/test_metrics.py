@@ -17,8 +17,13 @@ from kwheel.watermarks import MAX_WATERMARK, MIN_WATERMARK
 
 
 def fake_task(partition: int, watermark: int, **counts) -> SimpleNamespace:
-    return SimpleNamespace(partition=partition, counters=TaskCounters(**counts), timers=SimpleNamespace(pending=2),
-                           output_watermark=watermark, input_watermark=watermark)
+    return SimpleNamespace(
+        partition=partition,
+        counters=TaskCounters(**counts),
+        timers=SimpleNamespace(pending=2),
+        output_watermark=watermark,
+        input_watermark=watermark,
+    )
 
 
 class FakeConsumer:
@@ -31,8 +36,13 @@ class FakeConsumer:
 
 
 def fake_runner(tasks: dict, opening=None, highs=None) -> SimpleNamespace:
-    return SimpleNamespace(spec=SimpleNamespace(name="count"), tasks=tasks, opening=opening, topics=["in"],
-                           consumer=FakeConsumer(highs or {}))
+    return SimpleNamespace(
+        spec=SimpleNamespace(name="count"),
+        tasks=tasks,
+        opening=opening,
+        topics=["in"],
+        consumer=FakeConsumer(highs or {}),
+    )
 
 
 def samples(m: WorkerMetrics) -> dict[tuple[str, str], float]:
@@ -46,9 +56,13 @@ def samples(m: WorkerMetrics) -> dict[tuple[str, str], float]:
 
 def test_counters_watermarks_and_restores_are_read_from_the_tasks():
     m = WorkerMetrics("pipe", "s0")
-    runner = fake_runner({0: fake_task(0, 1_700_000_000_000, consumed=7, processed=5, produced=9, duplicates=2),
-                          1: fake_task(1, MAX_WATERMARK)},
-                         opening=fake_task(2, MIN_WATERMARK, restored=30, restore_total=100))
+    runner = fake_runner(
+        {
+            0: fake_task(0, 1_700_000_000_000, consumed=7, processed=5, produced=9, duplicates=2),
+            1: fake_task(1, MAX_WATERMARK),
+        },
+        opening=fake_task(2, MIN_WATERMARK, restored=30, restore_total=100),
+    )
     m.runners = [runner]
     s = samples(m)
     assert s[("kwheel_records_in_total", "0")] == 7

@@ -111,7 +111,9 @@ def test_computation_factory_must_be_callable():
     p = Pipeline("p")
     p.stream("a", source=True)
     p.computation("c", 42, inputs=["a"])
-    with pytest.raises(PipelineError, match=r"computation 'c': 42 is not a Computation class or factory"):
+    with pytest.raises(
+        PipelineError, match=r"computation 'c': 42 is not a Computation class or factory"
+    ):
         p.validate()
 
 
@@ -121,7 +123,8 @@ def test_unknown_input_stream_is_rejected_listing_declared_streams():
     p.stream("a", source=True)
     p.computation("c", Nop, inputs=["missing"])
     with pytest.raises(
-        PipelineError, match=r"computation 'c' reads unknown stream 'missing' \(declared streams: a, b\)"
+        PipelineError,
+        match=r"computation 'c' reads unknown stream 'missing' \(declared streams: a, b\)",
     ):
         p.validate()
 
@@ -145,7 +148,9 @@ def test_unknown_dead_letter_stream_is_rejected():
     p = Pipeline("p")
     p.stream("a", source=True)
     p.computation("c", Nop, inputs=["a"], dead_letter="dlq")
-    with pytest.raises(PipelineError, match=r"computation 'c' dead-letters to unknown stream 'dlq'"):
+    with pytest.raises(
+        PipelineError, match=r"computation 'c' dead-letters to unknown stream 'dlq'"
+    ):
         p.validate()
 
 
@@ -213,7 +218,9 @@ def test_explicit_partitions_contradicting_direct_inputs_are_rejected():
     p = Pipeline("p")
     p.stream("a", partitions=2, source=True)
     p.computation("c", Nop, inputs=["a"], partitions=5)
-    with pytest.raises(PipelineError, match=r"computation 'c': partitions=5 but its inputs have 2 partitions"):
+    with pytest.raises(
+        PipelineError, match=r"computation 'c': partitions=5 but its inputs have 2 partitions"
+    ):
         p.validate()
 
 
@@ -222,7 +229,9 @@ def test_explicit_partitions_contradicting_direct_inputs_are_rejected():
 def test_bad_computation_partitions_are_rejected(bad):
     p = Pipeline("p")
     p.stream("a", partitions=2, source=True)
-    with pytest.raises(PipelineError, match=r"computation 'c': partitions must be a positive integer"):
+    with pytest.raises(
+        PipelineError, match=r"computation 'c': partitions must be a positive integer"
+    ):
         p.computation("c", Nop, inputs=[Input("a", key_by=by_country)], partitions=bad)
         p.validate()
 
@@ -306,7 +315,11 @@ def test_a_re_keyed_source_stream_is_routed_through_a_stage_that_reads_its_own_t
     p.validate().validate()  # twice: the stage is added once
     assert p.routes("events") == [Route("p.events", None)]
     stage = p.computations["by_country.rekey.events"]
-    assert [i.stream for i in stage.inputs] == ["events"] and stage.partitions == 4 and stage.feeds == "by_country"
+    assert (
+        [i.stream for i in stage.inputs] == ["events"]
+        and stage.partitions == 4
+        and stage.feeds == "by_country"
+    )
     assert stage.outputs == ["by_country.rekey.events"]
     assert p.streams["by_country.rekey.events"].topic == "p.by_country.events.repartition"
     assert p.streams["by_country.rekey.events"].partitions == 3
@@ -337,7 +350,10 @@ def test_topics_of_simple_pipeline():
     assert simple().topics() == {
         "p.events": (4, {}),
         "p.counts": (4, {}),
-        "p.counter.changelog": (4, {"cleanup.policy": "compact", "delete.retention.ms": "86400000"}),
+        "p.counter.changelog": (
+            4,
+            {"cleanup.policy": "compact", "delete.retention.ms": "86400000"},
+        ),
         "p.watermarks": (1, {"cleanup.policy": "compact"}),
     }
 
@@ -381,7 +397,10 @@ def test_topics_repartition_topic_has_the_computations_partition_count():
     topics = p.topics()
     assert topics["p.events"] == (3, {})
     assert topics["p.agg.events.repartition"] == (7, {})
-    assert topics["p.agg.changelog"] == (7, {"cleanup.policy": "compact", "delete.retention.ms": "86400000"})
+    assert topics["p.agg.changelog"] == (
+        7,
+        {"cleanup.policy": "compact", "delete.retention.ms": "86400000"},
+    )
 
 
 def test_topics_validates_first():

@@ -68,7 +68,19 @@ def test_str_decode_non_utf8_raises_serde_error():
 
 @pytest.mark.parametrize(
     "obj",
-    [None, True, 0, -3, 1.25, "s", "ünïcode", [], [1, "a", None], {}, {"user": "u1", "count": 3, "tags": ["x"]}],
+    [
+        None,
+        True,
+        0,
+        -3,
+        1.25,
+        "s",
+        "ünïcode",
+        [],
+        [1, "a", None],
+        {},
+        {"user": "u1", "count": 3, "tags": ["x"]},
+    ],
 )
 def test_json_round_trip(obj):
     assert JSON.decode(JSON.encode(obj)) == obj
@@ -116,7 +128,10 @@ def test_resolve_passes_serde_objects_through():
 
 
 def test_resolve_unknown_name_raises_serde_error():
-    with pytest.raises(SerdeError, match=r"unknown serde 'yaml': use bytes, str, json, avro:PATH or avro\+registry:PATH"):
+    with pytest.raises(
+        SerdeError,
+        match=r"unknown serde 'yaml': use bytes, str, json, avro:PATH or avro\+registry:PATH",
+    ):
         resolve("yaml")
 
 
@@ -161,7 +176,9 @@ def test_avro_schema_not_json_raises_serde_error(tmp_path):
 
 def test_avro_schema_with_unknown_type_raises_serde_error(tmp_path):
     path = tmp_path / "bad.avsc"
-    path.write_text(json.dumps({"type": "record", "name": "R", "fields": [{"name": "x", "type": "nosuchtype"}]}))
+    path.write_text(
+        json.dumps({"type": "record", "name": "R", "fields": [{"name": "x", "type": "nosuchtype"}]})
+    )
     with pytest.raises(SerdeError, match=r"invalid Avro schema"):
         AvroSerde(path)
 

@@ -136,7 +136,9 @@ def test_id_batch_put_and_tombstone_in_one_apply_leave_no_seen_ids(store):
 
 
 def test_id_batch_tombstone_in_one_apply_spares_other_batches(store):
-    store.apply([id_batch(0, {ID_A: 1}), id_batch(1, {ID_B: 2}), (layout.id_batch_key(0), None)], offset=2)
+    store.apply(
+        [id_batch(0, {ID_A: 1}), id_batch(1, {ID_B: 2}), (layout.id_batch_key(0), None)], offset=2
+    )
     assert list(store.seen_ids()) == [ID_B]
     assert store.next_batch == 2
 
@@ -209,14 +211,17 @@ def test_timer_put_stores_the_timer_and_indexes_it(store):
 
 
 def test_timers_yield_in_time_order_up_to_and_including_until(store):
-    store.apply([
-        timer_put("a", "t", 30),
-        timer_put("b", "t", -10),
-        timer_put("c", "t", 20),
-        timer_put("d", "t", 0),
-        timer_put("e", "t", 31),
-        timer_put(b"f", "t", -(2**62)),
-    ], offset=0)
+    store.apply(
+        [
+            timer_put("a", "t", 30),
+            timer_put("b", "t", -10),
+            timer_put("c", "t", 20),
+            timer_put("d", "t", 0),
+            timer_put("e", "t", 31),
+            timer_put(b"f", "t", -(2**62)),
+        ],
+        offset=0,
+    )
     assert list(store.timers(EVENT, 30)) == [
         (-(2**62), tkey(b"f", "t")),
         (-10, tkey("b", "t")),
@@ -231,7 +236,11 @@ def test_timers_yield_in_time_order_up_to_and_including_until(store):
 
 def test_timers_at_the_same_time_are_all_yielded(store):
     store.apply([timer_put("b", "t", 5), timer_put("a", "t", 5), timer_put("a", "u", 5)], offset=0)
-    assert sorted(store.timers(EVENT, 5)) == [(5, tkey("a", "t")), (5, tkey("a", "u")), (5, tkey("b", "t"))]
+    assert sorted(store.timers(EVENT, 5)) == [
+        (5, tkey("a", "t")),
+        (5, tkey("a", "u")),
+        (5, tkey("b", "t")),
+    ]
 
 
 def test_timers_of_one_domain_do_not_show_in_the_other(store):
@@ -242,8 +251,16 @@ def test_timers_of_one_domain_do_not_show_in_the_other(store):
 
 def test_timers_stop_before_keys_after_the_index(store):
     # "w" (the watermark), "s" state, "t" timers sort around "x": none of them leak in
-    store.apply([timer_put("k", "t", 1, WALL), state_put("k", {"v": 1}), (layout.WATERMARK, b"\x00" * 16),
-                 id_batch(0, {ID_A: 1})], offset=0, next_batch=1)
+    store.apply(
+        [
+            timer_put("k", "t", 1, WALL),
+            state_put("k", {"v": 1}),
+            (layout.WATERMARK, b"\x00" * 16),
+            id_batch(0, {ID_A: 1}),
+        ],
+        offset=0,
+        next_batch=1,
+    )
     assert list(store.timers(WALL, MAX_WATERMARK)) == [(1, tkey("k", "t"))]
     assert list(store.timers(EVENT, MAX_WATERMARK)) == []
 
@@ -294,7 +311,9 @@ def test_timer_put_and_delete_in_one_apply_leave_no_index_entry(store):
 
 def test_timer_moved_twice_in_one_apply_keeps_only_the_last_index_entry(store):
     store.apply([timer_put("k", "t", 10)], offset=0)
-    store.apply([timer_put("k", "t", 20), timer_put("k", "t", 30, WALL), timer_put("k", "t", 5)], offset=1)
+    store.apply(
+        [timer_put("k", "t", 20), timer_put("k", "t", 30, WALL), timer_put("k", "t", 5)], offset=1
+    )
     assert list(store.timers(EVENT, MAX_WATERMARK)) == [(5, tkey("k", "t"))]
     assert list(store.timers(WALL, MAX_WATERMARK)) == []
     assert index_entries(store) == [layout.timer_index_key(tkey("k", "t"), 5, EVENT)]
@@ -329,11 +348,18 @@ def test_wipe_drops_timers_and_their_index(store):
 
 
 def test_count_prefix_counts_only_keys_with_the_prefix(store):
-    store.apply([
-        timer_put("a", "t", 1), timer_put("b", "t", 2, WALL), timer_put("b", "u", 3),
-        state_put("a", {"x": 1}), state_put("b", {"x": 2}),
-        id_batch(0, {ID_A: 1, ID_B: 2}),
-    ], offset=0, next_batch=1)
+    store.apply(
+        [
+            timer_put("a", "t", 1),
+            timer_put("b", "t", 2, WALL),
+            timer_put("b", "u", 3),
+            state_put("a", {"x": 1}),
+            state_put("b", {"x": 2}),
+            id_batch(0, {ID_A: 1, ID_B: 2}),
+        ],
+        offset=0,
+        next_batch=1,
+    )
     assert store.count_prefix(layout.TIMER) == 3
     assert store.count_prefix(layout.TIMER_INDEX) == 3
     assert store.count_prefix(layout.TIMER_INDEX + WALL) == 1

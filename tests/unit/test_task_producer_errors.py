@@ -47,11 +47,17 @@ def task(driver):
     return driver._tasks["counter"][0]
 
 
-@pytest.mark.parametrize("code, text", [
-    (KafkaError._FENCED, "Local: This instance has been fenced by a newer instance"),
-    (KafkaError.PRODUCER_FENCED, "Producer fenced"),
-    (KafkaError._FATAL, "Local: Fatal error"),  # what librdkafka says on every call after the fencing
-])
+@pytest.mark.parametrize(
+    "code, text",
+    [
+        (KafkaError._FENCED, "Local: This instance has been fenced by a newer instance"),
+        (KafkaError.PRODUCER_FENCED, "Producer fenced"),
+        (
+            KafkaError._FATAL,
+            "Local: Fatal error",
+        ),  # what librdkafka says on every call after the fencing
+    ],
+)
 def test_a_fenced_or_fatal_producer_ends_the_task_as_fenced(task, code, text):
     task.producer = FailingProducer(task.producer, code, text, on="begin")
     with pytest.raises(FencedError, match=re.escape(f"task {task.name} was fenced")):
@@ -59,14 +65,18 @@ def test_a_fenced_or_fatal_producer_ends_the_task_as_fenced(task, code, text):
 
 
 def test_another_producer_error_is_a_broker_error(task):
-    task.producer = FailingProducer(task.producer, KafkaError._TRANSPORT, "Local: Broker transport failure", on="begin")
+    task.producer = FailingProducer(
+        task.producer, KafkaError._TRANSPORT, "Local: Broker transport failure", on="begin"
+    )
     with pytest.raises(BrokerError, match="producer failed: Local: Broker transport failure"):
         task.process([])
 
 
 def test_closing_a_task_whose_producer_was_fenced_does_not_raise(driver, task, caplog):
     driver._tasks["counter"].remove(task)  # closed here, not again by the driver
-    task.producer = FailingProducer(task.producer, KafkaError._FATAL, "Local: Fatal error", on="flush")
+    task.producer = FailingProducer(
+        task.producer, KafkaError._FATAL, "Local: Fatal error", on="flush"
+    )
     with caplog.at_level(logging.INFO, logger="kwheel"):
         task.close()
     assert task.producer is None
@@ -89,8 +99,11 @@ class ScriptedInit:
             raise KafkaException(self.errors.pop(0))
 
 
-TIMED_OUT = KafkaError(KafkaError._TIMED_OUT, "Timed out waiting for operation to finish, retry call to resume",
-                       retriable=True)
+TIMED_OUT = KafkaError(
+    KafkaError._TIMED_OUT,
+    "Timed out waiting for operation to finish, retry call to resume",
+    retriable=True,
+)
 
 
 def test_opening_retries_a_timed_out_init_even_past_the_deadline_once(task, monkeypatch):
@@ -105,15 +118,21 @@ def test_opening_retries_a_timed_out_init_even_past_the_deadline_once(task, monk
 def test_opening_gives_up_after_the_deadline_with_one_line(task, monkeypatch):
     monkeypatch.setattr("kwheel.runtime.task.Producer", ScriptedInit)
     ScriptedInit.errors, ScriptedInit.calls = [TIMED_OUT, TIMED_OUT, TIMED_OUT], 0
-    with pytest.raises(BrokerError, match=r"could not open transactional id 'driven.counter.0.3' within "
-                                          r"startup_timeout_s=\d+: Timed out"):
+    with pytest.raises(
+        BrokerError,
+        match=r"could not open transactional id 'driven.counter.0.3' within "
+        r"startup_timeout_s=\d+: Timed out",
+    ):
         task._init_transactions("driven.counter.0.3", deadline=0.0)
     assert ScriptedInit.calls == 2
 
 
 def test_opening_a_fenced_id_is_fenced_at_once(task, monkeypatch):
     monkeypatch.setattr("kwheel.runtime.task.Producer", ScriptedInit)
-    ScriptedInit.errors, ScriptedInit.calls = [KafkaError(KafkaError.PRODUCER_FENCED, "Producer fenced")], 0
+    ScriptedInit.errors, ScriptedInit.calls = (
+        [KafkaError(KafkaError.PRODUCER_FENCED, "Producer fenced")],
+        0,
+    )
     with pytest.raises(FencedError):
         task._init_transactions("driven.counter.0.3", deadline=1e18)
     assert ScriptedInit.calls == 1

@@ -47,7 +47,9 @@ def test_empty_table(store):
 
 
 def test_pending_counts_committed_timers_at_construction(store):
-    store.apply([(tkey("a"), tval(1)), (tkey("b"), tval(2, WALL)), (layout.state_key("a"), b"x")], offset=0)
+    store.apply(
+        [(tkey("a"), tval(1)), (tkey("b"), tval(2, WALL)), (layout.state_key("a"), b"x")], offset=0
+    )
     assert TimerTable(store).pending == 2
 
 
@@ -122,7 +124,11 @@ def test_due_merges_store_and_overlay_in_time_order(store):
     t.apply(tkey("o2"), tval(-5))
     t.apply(tkey("o3"), tval(60))
     assert t.due(EVENT, 50) == [
-        (-5, tkey("o2")), (10, tkey("s1")), (20, tkey("o1")), (30, tkey("s2")), (50, tkey("s3")),
+        (-5, tkey("o2")),
+        (10, tkey("s1")),
+        (20, tkey("o1")),
+        (30, tkey("s2")),
+        (50, tkey("s3")),
     ]
 
 
@@ -174,7 +180,9 @@ def test_timer_moved_to_the_other_domain_is_due_only_there(store):
 
 
 def test_earliest_of_store_only(store):
-    store.apply([(tkey("a"), tval(30)), (tkey("b"), tval(-7)), (tkey("c"), tval(1, WALL))], offset=0)
+    store.apply(
+        [(tkey("a"), tval(30)), (tkey("b"), tval(-7)), (tkey("c"), tval(1, WALL))], offset=0
+    )
     t = TimerTable(store)
     assert t.earliest(EVENT) == -7
     assert t.earliest(WALL) == 1

@@ -42,8 +42,10 @@ class FakeAdmin:
         self.configs = configs
 
     def list_topics(self, timeout=None):
-        topics = {n: SimpleNamespace(partitions=dict.fromkeys(range(parts)))
-                  for n, (parts, _) in pipeline().topics().items()}
+        topics = {
+            n: SimpleNamespace(partitions=dict.fromkeys(range(parts)))
+            for n, (parts, _) in pipeline().topics().items()
+        }
         return SimpleNamespace(topics=topics)
 
     def describe_configs(self, resources):
@@ -61,8 +63,12 @@ def admin(changelog_retention: str | None) -> FakeAdmin:
     changelog = {"cleanup.policy": "compact"}
     if changelog_retention is not None:
         changelog["delete.retention.ms"] = changelog_retention
-    return FakeAdmin({"p.counter.changelog": changelog,
-                      "p.watermarks": {"cleanup.policy": "compact", "delete.retention.ms": "60000"}})
+    return FakeAdmin(
+        {
+            "p.counter.changelog": changelog,
+            "p.watermarks": {"cleanup.policy": "compact", "delete.retention.ms": "60000"},
+        }
+    )
 
 
 @pytest.mark.parametrize("value", ["86400000", "604800000"])
@@ -89,6 +95,8 @@ def test_the_check_is_skipped_when_the_broker_cannot_describe_configs():
 
 
 def test_cleanup_policy_is_still_checked_first():
-    bad = FakeAdmin({"p.counter.changelog": {"cleanup.policy": "delete", "delete.retention.ms": "60000"}})
+    bad = FakeAdmin(
+        {"p.counter.changelog": {"cleanup.policy": "delete", "delete.retention.ms": "60000"}}
+    )
     with pytest.raises(TopicMismatchError, match=r"cleanup.policy=delete, needs compact"):
         check_topics(bad, pipeline())

@@ -25,7 +25,13 @@ def two_stage(name: str = "p") -> Pipeline:
     p.stream("mid", partitions=2)
     p.stream("out")
     p.stream("dead", value="bytes")
-    p.computation("first", Nop, inputs=[Input("events", key_by=lambda r: r.value["k"])], outputs=["mid"], dead_letter="dead")
+    p.computation(
+        "first",
+        Nop,
+        inputs=[Input("events", key_by=lambda r: r.value["k"])],
+        outputs=["mid"],
+        dead_letter="dead",
+    )
     p.computation("second", Nop, inputs=["mid"], outputs=["out"])
     return p
 
@@ -34,9 +40,16 @@ def test_nodes_are_layered_by_distance_from_the_sources():
     nodes, edges = graph(two_stage())
     layers = {n.id: n.layer for n in nodes}
     # first re-keys the source stream events: through the stage kwheel adds (kwheel/rekey.py)
-    assert layers == {"stream:events": 0, "computation:first.rekey.events": 1, "stream:first.rekey.events": 2,
-                      "computation:first": 3, "stream:mid": 4, "stream:dead": 4, "computation:second": 5,
-                      "stream:out": 6}
+    assert layers == {
+        "stream:events": 0,
+        "computation:first.rekey.events": 1,
+        "stream:first.rekey.events": 2,
+        "computation:first": 3,
+        "stream:mid": 4,
+        "stream:dead": 4,
+        "computation:second": 5,
+        "stream:out": 6,
+    }
     assert len({(n.layer, n.row) for n in nodes}) == len(nodes)  # no two boxes on one spot
     kinds = {(e.src, e.dst): e.kind for e in edges}
     assert kinds[("stream:first.rekey.events", "computation:first")] == "rekey"
@@ -81,7 +94,13 @@ def test_a_failed_collection_is_a_503_with_the_reason():
 
 @pytest.fixture
 def server():
-    s = make_server(two_stage(), WorkerConfig(), "127.0.0.1", 0, fetch=lambda: {"pipeline": "p", "computations": []})
+    s = make_server(
+        two_stage(),
+        WorkerConfig(),
+        "127.0.0.1",
+        0,
+        fetch=lambda: {"pipeline": "p", "computations": []},
+    )
     threading.Thread(target=s.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{s.server_port}"
     s.shutdown()
@@ -102,7 +121,9 @@ def test_routes(server):
         urllib.request.urlopen(server + "/../../etc/passwd")
     assert e.value.code == 404
     with pytest.raises(urllib.error.HTTPError) as e:  # read-only
-        urllib.request.urlopen(urllib.request.Request(server + "/api/status", data=b"x", method="POST"))
+        urllib.request.urlopen(
+            urllib.request.Request(server + "/api/status", data=b"x", method="POST")
+        )
     assert e.value.code == 501
 
 

@@ -7,7 +7,13 @@ import pytest
 
 from kwheel import Computation, Input, Pipeline
 from kwheel.watermarks import MAX_WATERMARK, MIN_WATERMARK
-from kwheel.watermarks.control import INJECTOR, TASK, Control, injector_producer_id, task_producer_id
+from kwheel.watermarks.control import (
+    INJECTOR,
+    TASK,
+    Control,
+    injector_producer_id,
+    task_producer_id,
+)
 from kwheel.watermarks.upstream import LEVEL, Upstream, WatermarkTable
 
 
@@ -83,7 +89,17 @@ def test_published_is_the_max_ever_published_not_the_latest():
 
 
 def announce(pid, incarnation, owner="x") -> Control:
-    return Control(pid, TASK, ["mid"], MIN_WATERMARK, [], 0, incarnation=incarnation, announce=True, owner=owner)
+    return Control(
+        pid,
+        TASK,
+        ["mid"],
+        MIN_WATERMARK,
+        [],
+        0,
+        incarnation=incarnation,
+        announce=True,
+        owner=owner,
+    )
 
 
 def owned(pid, w, incarnation, owner="x", positions=()) -> Control:
@@ -116,8 +132,11 @@ def test_history_keeps_the_newest_densely_and_the_past_sparsely():
 
 
 def test_controls_with_the_same_positions_collapse_into_the_newest():
-    t = table_of(task(A0, 1, positions=[("p.mid", 0, 5)]), task(A0, 2, positions=[("p.mid", 0, 5)]),
-                 task(A0, 3, positions=[("p.mid", 0, 6)]))
+    t = table_of(
+        task(A0, 1, positions=[("p.mid", 0, 5)]),
+        task(A0, 2, positions=[("p.mid", 0, 5)]),
+        task(A0, 3, positions=[("p.mid", 0, 6)]),
+    )
     assert [c.watermark for c in t.entries[A0]] == [2, 3]
 
 
@@ -149,12 +168,20 @@ def test_a_stale_announcement_does_not_take_the_task_back():
 
 
 def test_what_an_old_incarnation_published_before_the_announcement_counts():
-    t = table_of(announce(A0, 1), owned(A0, 5, 1), owned(A0, 8, 1), announce(A0, 2, owner="y"), owned(A0, 6, 2, "y"))
+    t = table_of(
+        announce(A0, 1),
+        owned(A0, 5, 1),
+        owned(A0, 8, 1),
+        announce(A0, 2, owner="y"),
+        owned(A0, 6, 2, "y"),
+    )
     assert t.published(A0) == 8  # the new owner resumes at or above it
 
 
 def test_the_incarnation_survives_the_history_limit():
-    t = table_of(announce(A0, 4), *(owned(A0, i, 4, positions=[("p.mid", 0, i)]) for i in range(10 * LEVEL)))
+    t = table_of(
+        announce(A0, 4), *(owned(A0, i, 4, positions=[("p.mid", 0, i)]) for i in range(10 * LEVEL))
+    )
     assert t.incarnation(A0) == 4
     assert not t.add(owned(A0, 10**6, 3))
 
@@ -216,12 +243,17 @@ def test_injector_watermark_is_usable_once_own_partition_is_consumed_past_it(pip
 
 
 def test_positions_of_other_partitions_and_topics_are_ignored(pipeline):
-    t = table_of(injector(100, [
-        ("p.events", 0, 10),
-        ("p.events", 1, 10**9),  # not this task's partition
-        ("p.other", 0, 10**9),  # not an input topic of A
-        ("p.C.events.repartition", 0, 10**9),  # C's input, not A's
-    ]))
+    t = table_of(
+        injector(
+            100,
+            [
+                ("p.events", 0, 10),
+                ("p.events", 1, 10**9),  # not this task's partition
+                ("p.other", 0, 10**9),  # not an input topic of A
+                ("p.C.events.repartition", 0, 10**9),  # C's input, not A's
+            ],
+        )
+    )
     up = Upstream(pipeline, "A", 0)
     assert up.watermark(t, at(p__events=10)) == 100
 
@@ -334,7 +366,8 @@ def test_downstream_is_min_over_all_upstream_tasks(pipeline):
 
 def test_downstream_ignores_injectors_and_unrelated_tasks(pipeline):
     t = table_of(
-        task(A0, 100), task(A1, 100),
+        task(A0, 100),
+        task(A1, 100),
         injector(5, [("p.mid", 0, 10**9)], streams=["mid"]),  # not a source stream: not consulted
         task(task_producer_id("C", 0), 1, streams=[]),
         task(task_producer_id("B", 0), 1, streams=[]),
@@ -356,13 +389,19 @@ REKEY0, REKEY1 = task_producer_id("C.rekey.events", 0), task_producer_id("C.reke
 def test_a_rekeyed_source_is_fed_by_the_stage_not_the_injectors(pipeline):
     up = Upstream(pipeline, "C", 3)
     assert up.input_topics == {"p.C.events.repartition"}
-    assert [(f.stream, f.tasks, f.injected) for f in up.feeds] == [("C.rekey.events", (REKEY0, REKEY1), False)]
+    assert [(f.stream, f.tasks, f.injected) for f in up.feeds] == [
+        ("C.rekey.events", (REKEY0, REKEY1), False)
+    ]
 
 
 def test_rekeyed_input_is_checked_against_the_repartition_topic(pipeline):
     # C has 4 tasks though events has 2 partitions: task 3 only exists on the repartition topic
     up = Upstream(pipeline, "C", 3)
-    positions = [("p.events", 1, 10**9), ("p.C.events.repartition", 3, 7), ("p.C.events.repartition", 0, 10**9)]
+    positions = [
+        ("p.events", 1, 10**9),
+        ("p.C.events.repartition", 3, 7),
+        ("p.C.events.repartition", 0, 10**9),
+    ]
     t = table_of(task(REKEY0, 100, positions), task(REKEY1, 200, positions))
     assert up.watermark(t, at(p__events=10**9, p__C__events__repartition=6)) == MIN_WATERMARK
     assert up.watermark(t, at(p__C__events__repartition=7)) == 100

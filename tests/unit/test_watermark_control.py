@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 
 from kwheel.watermarks import MAX_WATERMARK, MIN_WATERMARK
-from kwheel.watermarks.control import INJECTOR, TASK, Control, injector_producer_id, task_producer_id
+from kwheel.watermarks.control import (
+    INJECTOR,
+    TASK,
+    Control,
+    injector_producer_id,
+    task_producer_id,
+)
 
 
 def round_trip(c: Control) -> Control:
@@ -14,9 +20,17 @@ def round_trip(c: Control) -> Control:
 
 def test_task_control_round_trip():
     c = Control(
-        producer="task:counter/3", kind=TASK, streams=["counts", "dead"], watermark=1700000000000,
-        positions=[("p.counts", 0, 10), ("p.counts", 1, 0), ("p.by_country.counts.repartition", 7, 2**40)],
-        wall_time=1700000001234, input_watermark=1699999999000,
+        producer="task:counter/3",
+        kind=TASK,
+        streams=["counts", "dead"],
+        watermark=1700000000000,
+        positions=[
+            ("p.counts", 0, 10),
+            ("p.counts", 1, 0),
+            ("p.by_country.counts.repartition", 7, 2**40),
+        ],
+        wall_time=1700000001234,
+        input_watermark=1699999999000,
         stats={"processed": 5, "pending_timers": 0, "late": 2**40},
     )
     back = round_trip(c)
@@ -26,7 +40,15 @@ def test_task_control_round_trip():
 
 
 def test_injector_control_round_trip_with_final():
-    c = Control("injector:load/host-12", INJECTOR, ["events"], MAX_WATERMARK, [("p.events", 0, 5)], 1, final=True)
+    c = Control(
+        "injector:load/host-12",
+        INJECTOR,
+        ["events"],
+        MAX_WATERMARK,
+        [("p.events", 0, 5)],
+        1,
+        final=True,
+    )
     back = round_trip(c)
     assert back == c
     assert back.final is True
@@ -51,7 +73,9 @@ def test_watermark_extremes_round_trip(w):
 
 
 def test_unicode_names_round_trip():
-    c = Control("injector:ünï/☃", INJECTOR, ["straße"], 0, [("p.straße", 2, 1)], 0, stats={"gesendet·ü": 1})
+    c = Control(
+        "injector:ünï/☃", INJECTOR, ["straße"], 0, [("p.straße", 2, 1)], 0, stats={"gesendet·ü": 1}
+    )
     assert round_trip(c) == c
 
 
@@ -88,10 +112,27 @@ def test_a_control_written_before_announcements_existed_still_decodes():
     from kwheel.watermarks.control import _SCHEMA_V1
 
     buf = io.BytesIO()
-    fastavro.schemaless_writer(buf, _SCHEMA_V1, {
-        "producer": "task:c/0", "kind": "TASK", "streams": ["s"], "watermark": 5, "input_watermark": 4,
-        "positions": [{"topic": "t", "partition": 0, "offset": 9}], "final": False, "wall_time": 1,
-        "stats": {}, "incarnation": 7})
+    fastavro.schemaless_writer(
+        buf,
+        _SCHEMA_V1,
+        {
+            "producer": "task:c/0",
+            "kind": "TASK",
+            "streams": ["s"],
+            "watermark": 5,
+            "input_watermark": 4,
+            "positions": [{"topic": "t", "partition": 0, "offset": 9}],
+            "final": False,
+            "wall_time": 1,
+            "stats": {},
+            "incarnation": 7,
+        },
+    )
     c = Control.decode(buf.getvalue())
-    assert (c.producer, c.watermark, c.positions, c.incarnation) == ("task:c/0", 5, [("t", 0, 9)], 7)
+    assert (c.producer, c.watermark, c.positions, c.incarnation) == (
+        "task:c/0",
+        5,
+        [("t", 0, 9)],
+        7,
+    )
     assert not c.announce and c.owner == ""

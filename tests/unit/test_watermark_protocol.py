@@ -20,7 +20,6 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from confluent_kafka import TopicPartition
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
@@ -168,15 +167,22 @@ class WatermarkProtocol(RuleBasedStateMachine):
             self.zombies.append(old)
         consumer = MemoryConsumer(self.pipeline.group_id("relay"))
         state_dir = self.tmp / f"open{self.opened}"
-        task = Task(self.pipeline, self.pipeline.computations["relay"], p,
-                    WorkerConfig(state_dir=state_dir, batch_size=1000), consumer)
+        task = Task(
+            self.pipeline,
+            self.pipeline.computations["relay"],
+            p,
+            WorkerConfig(state_dir=state_dir, batch_size=1000),
+            consumer,
+        )
         applied = [(m.key(), m.value()) for m in self.log.read(task.changelog, p, 0)]
         if applied:
             task.store.apply(applied, self.log.end(task.changelog, p) - 1)
         task.producer = producer
         task.incarnation, task.owner = claim.incarnation, claim.owner
         task._load_store()
-        consumer.positions[("m.events", p)] = self.log.group_offsets.get((consumer.group, "m.events", p), 0)
+        consumer.positions[("m.events", p)] = self.log.group_offsets.get(
+            (consumer.group, "m.events", p), 0
+        )
         proc = Process(task, table, read_to)
         self.live[p] = proc
         return proc
@@ -188,29 +194,47 @@ class WatermarkProtocol(RuleBasedStateMachine):
             self.sent += 1
             key = "abcd"[self.sent % 4]
             ts = max(self.injected_watermark, 0) + ahead
-            self.log.append("m.events", None, self.pipeline.streams["events"].key_serde.encode(key), b"1", ts,
-                            [(ID_HEADER, f"r{self.sent}".encode())])
+            self.log.append(
+                "m.events",
+                None,
+                self.pipeline.streams["events"].key_serde.encode(key),
+                b"1",
+                ts,
+                [(ID_HEADER, f"r{self.sent}".encode())],
+            )
 
     @rule(by=st.integers(0, 40))
     def injector_publishes(self, by):
         self.injected_watermark = max(self.injected_watermark, 0) + by
         positions = [("m.events", p, self.log.end("m.events", p)) for p in range(PARTS)]
-        self.topic.publish(Control(INJ, INJECTOR, ["events"], self.injected_watermark, positions, 0))
+        self.topic.publish(
+            Control(INJ, INJECTOR, ["events"], self.injected_watermark, positions, 0)
+        )
 
     # ---- relay processes ------------------------------------------------------------------------
-    @rule(p=st.integers(0, PARTS - 1), n=st.integers(0, 6), read=st.one_of(st.none(), st.integers(0, 3)),
-          outcome=st.sampled_from(["commit", "commit", "abort", "open"]))
+    @rule(
+        p=st.integers(0, PARTS - 1),
+        n=st.integers(0, 6),
+        read=st.one_of(st.none(), st.integers(0, 3)),
+        outcome=st.sampled_from(["commit", "commit", "abort", "open"]),
+    )
     def relay_runs(self, p, n, read, outcome):
         """The live owner's worker loop: poll records, then tick unless the batch stays open."""
         if p in self.live:
             self._run(self.live[p], n, read, outcome)
 
     @precondition(lambda self: any(not z.dead for z in self.zombies))
-    @rule(data=st.data(), n=st.integers(0, 6), read=st.one_of(st.none(), st.integers(0, 3)),
-          outcome=st.sampled_from(["commit", "abort", "open"]))
+    @rule(
+        data=st.data(),
+        n=st.integers(0, 6),
+        read=st.one_of(st.none(), st.integers(0, 3)),
+        outcome=st.sampled_from(["commit", "abort", "open"]),
+    )
     def zombie_runs(self, data, n, read, outcome):
         """A process that lost its task wakes up and goes on as if it had not."""
-        self._run(data.draw(st.sampled_from([z for z in self.zombies if not z.dead])), n, read, outcome)
+        self._run(
+            data.draw(st.sampled_from([z for z in self.zombies if not z.dead])), n, read, outcome
+        )
 
     def _run(self, proc: Process, n: int, read: int | None, outcome: str) -> None:
         if proc.dead:
@@ -240,8 +264,16 @@ class WatermarkProtocol(RuleBasedStateMachine):
         elif not self._guard(proc, task.commit):
             return
         positions = [("m.mid", q, self.log.end("m.mid", q)) for q in range(PARTS)]
-        c = owner_control(proc.table, task_producer_id("relay", task.partition), task.incarnation, task.owner,
-                          ["mid"], task.compute_output_watermark(), positions, 0)
+        c = owner_control(
+            proc.table,
+            task_producer_id("relay", task.partition),
+            task.incarnation,
+            task.owner,
+            ["mid"],
+            task.compute_output_watermark(),
+            positions,
+            0,
+        )
         if c is not None:
             self.topic.publish(c)  # the process takes it in when it reads the topic back
 
@@ -280,8 +312,12 @@ class WatermarkProtocol(RuleBasedStateMachine):
         """A new process: reads the (maybe compacted) topic from the start; its watermark and
         offsets are what it committed."""
         old = self.readers[r]
-        self.readers[r] = Reader(old.partition, Upstream(self.pipeline, "win", old.partition),
-                                 consumed=old.consumed, watermark=old.watermark)
+        self.readers[r] = Reader(
+            old.partition,
+            Upstream(self.pipeline, "win", old.partition),
+            consumed=old.consumed,
+            watermark=old.watermark,
+        )
 
     def _reader_advances(self, reader: Reader) -> None:
         w = reader.upstream.watermark(reader.table, lambda topic: reader.consumed)
@@ -291,21 +327,27 @@ class WatermarkProtocol(RuleBasedStateMachine):
     @invariant()
     def no_record_is_made_late(self):
         for proc in self.live.values():
-            assert proc.task.counters.late == 0, f"relay[{proc.task.partition}] processed a record as late"
+            assert proc.task.counters.late == 0, (
+                f"relay[{proc.task.partition}] processed a record as late"
+            )
             pos = proc.task.consumer.positions.get(("m.events", proc.task.partition), 0)
             for m in self.log.read("m.events", proc.task.partition, pos):
                 assert m.timestamp()[1] >= proc.task.input_watermark, (
                     f"relay[{proc.task.partition}] watermark {proc.task.input_watermark} passed an unread record "
-                    f"at {m.timestamp()[1]}")
+                    f"at {m.timestamp()[1]}"
+                )
         for reader in self.readers:
             for m in self.log.read("m.mid", reader.partition, reader.consumed):
                 assert m.timestamp()[1] >= reader.watermark, (
                     f"reader[{reader.partition}] watermark {reader.watermark} passed an unread record "
-                    f"at {m.timestamp()[1]} (mid[{reader.partition}]@{m.offset()})")
+                    f"at {m.timestamp()[1]} (mid[{reader.partition}]@{m.offset()})"
+                )
 
 
 WatermarkProtocol.TestCase.settings = settings(
-    max_examples=100, stateful_step_count=30, deadline=None,
+    max_examples=100,
+    stateful_step_count=30,
+    deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
 test_watermark_protocol = WatermarkProtocol.TestCase

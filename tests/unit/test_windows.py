@@ -17,7 +17,11 @@ from kwheel.windows import SESSIONS, merge_sessions
 def test_window_is_half_open_and_ordered():
     w = Window(10, 20)
     assert w.contains(10) and w.contains(19) and not w.contains(20) and not w.contains(9)
-    assert sorted([Window(5, 9), Window(0, 30), Window(0, 4)]) == [Window(0, 4), Window(0, 30), Window(5, 9)]
+    assert sorted([Window(5, 9), Window(0, 30), Window(0, 4)]) == [
+        Window(0, 4),
+        Window(0, 30),
+        Window(5, 9),
+    ]
     with pytest.raises(ValueError):
         Window(5, 5)
 
@@ -54,9 +58,24 @@ def test_tumbling_assigns_the_one_epoch_aligned_window():
 
 def test_sliding_assigns_every_window_holding_the_timestamp():
     s = Sliding(1000, 250)
-    assert s.assign(1100) == [Window(250, 1250), Window(500, 1500), Window(750, 1750), Window(1000, 2000)]
-    assert s.assign(1000) == [Window(250, 1250), Window(500, 1500), Window(750, 1750), Window(1000, 2000)]
-    assert s.assign(999) == [Window(0, 1000), Window(250, 1250), Window(500, 1500), Window(750, 1750)]
+    assert s.assign(1100) == [
+        Window(250, 1250),
+        Window(500, 1500),
+        Window(750, 1750),
+        Window(1000, 2000),
+    ]
+    assert s.assign(1000) == [
+        Window(250, 1250),
+        Window(500, 1500),
+        Window(750, 1750),
+        Window(1000, 2000),
+    ]
+    assert s.assign(999) == [
+        Window(0, 1000),
+        Window(250, 1250),
+        Window(500, 1500),
+        Window(750, 1750),
+    ]
     # a slide that does not divide the size: 3 or 4 windows
     assert [len(Sliding(1000, 300).assign(t)) for t in (0, 100, 950)] == [4, 3, 4]
     # a slide larger than the size leaves gaps
@@ -69,7 +88,11 @@ def test_sliding_assignment_matches_brute_force():
     for _ in range(300):
         size, slide = rng.randint(1, 50), rng.randint(1, 50)
         t = rng.randint(-500, 500)
-        expected = [Window(k * slide, k * slide + size) for k in range(-1000, 1000) if k * slide <= t < k * slide + size]
+        expected = [
+            Window(k * slide, k * slide + size)
+            for k in range(-1000, 1000)
+            if k * slide <= t < k * slide + size
+        ]
         assert Sliding(size, slide).assign(t) == expected, (size, slide, t)
 
 
@@ -81,9 +104,18 @@ def test_session_opens_a_gap_long_window_that_fires_one_ms_after_its_end():
     assert s.merging and not Tumbling(5).merging and not Sliding(5, 1).merging
 
 
-@pytest.mark.parametrize("make", [lambda: Tumbling(0), lambda: Tumbling(-5), lambda: Tumbling(1.5),
-                                  lambda: Sliding(10, 0), lambda: Session(0), lambda: Session(10, allowed_lateness_ms=-1),
-                                  lambda: Tumbling(True)])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: Tumbling(0),
+        lambda: Tumbling(-5),
+        lambda: Tumbling(1.5),
+        lambda: Sliding(10, 0),
+        lambda: Session(0),
+        lambda: Session(10, allowed_lateness_ms=-1),
+        lambda: Tumbling(True),
+    ],
+)
 def test_bad_sizes_are_rejected(make):
     with pytest.raises(ValueError, match="integer"):
         make()
@@ -98,17 +130,25 @@ def test_merge_into_nothing_is_the_new_window():
 
 def test_merge_absorbs_overlapping_and_adjacent_sessions_only():
     sessions = [Window(0, 10), Window(20, 30), Window(40, 50)]
-    assert merge_sessions(sessions, Window(10, 20)) == (Window(0, 30), [Window(0, 10), Window(20, 30)])
+    assert merge_sessions(sessions, Window(10, 20)) == (
+        Window(0, 30),
+        [Window(0, 10), Window(20, 30)],
+    )
     assert merge_sessions(sessions, Window(25, 35)) == (Window(20, 35), [Window(20, 30)])
     assert merge_sessions(sessions, Window(31, 39)) == (Window(31, 39), [])
-    assert merge_sessions(sessions, Window(22, 25)) == (Window(20, 30), [Window(20, 30)])  # inside one
+    assert merge_sessions(sessions, Window(22, 25)) == (
+        Window(20, 30),
+        [Window(20, 30)],
+    )  # inside one
     assert merge_sessions(sessions, Window(5, 45)) == (Window(0, 50), sessions)
 
 
 def test_merge_reaches_a_fixed_point_even_for_touching_inputs():
     # not the invariant the aggregation keeps, but the function must still merge transitively
     assert merge_sessions([Window(12, 20), Window(20, 25)], Window(0, 12)) == (
-        Window(0, 25), [Window(12, 20), Window(20, 25)])
+        Window(0, 25),
+        [Window(12, 20), Window(20, 25)],
+    )
 
 
 def sessions_reference(timestamps: list[int], gap: int) -> list[tuple[int, int, int]]:
@@ -135,7 +175,9 @@ def test_merging_in_any_order_gives_the_offline_sessions():
             sessions[merged] = n
             ordered = sorted(sessions)
             assert all(not a.touches(b) for a, b in zip(ordered, ordered[1:])), ordered
-        assert sorted((w.start, w.end, n) for w, n in sessions.items()) == sessions_reference(ts, gap)
+        assert sorted((w.start, w.end, n) for w, n in sessions.items()) == sessions_reference(
+            ts, gap
+        )
 
 
 # ---- the aggregation, on a fake context ------------------------------------------------------
@@ -153,7 +195,9 @@ class FakeContext:
         self._default_ts = 0
 
     def produce(self, stream, key, value, timestamp=None):
-        self.outputs.append((stream, key, value, self._default_ts if timestamp is None else timestamp))
+        self.outputs.append(
+            (stream, key, value, self._default_ts if timestamp is None else timestamp)
+        )
 
     def set_timer(self, tag, timestamp, domain="event"):
         assert isinstance(tag, str) and domain == "event"
@@ -173,8 +217,14 @@ class Driver:
 
     def record(self, ts, value=None):
         self.ctx._default_ts = ts
-        r = Record(self.ctx.key, value if value is not None else self.n, ts, self.n.to_bytes(8, "big"),
-                   "events", ts < self.ctx.low_watermark)
+        r = Record(
+            self.ctx.key,
+            value if value is not None else self.n,
+            ts,
+            self.n.to_bytes(8, "big"),
+            "events",
+            ts < self.ctx.low_watermark,
+        )
         self.n += 1
         self.comp.process_record(self.ctx, r)
 
@@ -288,8 +338,12 @@ def test_sliding_counts_each_record_in_every_window():
     for ts in (100, 600, 1200):
         d.record(ts)
     d.watermark(10_000)
-    assert sorted(d.take()) == [(-500, 500, 1, 500), (0, 1000, 2, 1000), (500, 1500, 2, 1500),
-                                (1000, 2000, 1, 2000)]
+    assert sorted(d.take()) == [
+        (-500, 500, 1, 500),
+        (0, 1000, 2, 1000),
+        (500, 1500, 2, 1500),
+        (1000, 2000, 1, 2000),
+    ]
     assert d.ctx.state == {} and d.ctx.timers == {}
 
 
@@ -404,7 +458,9 @@ def test_sessions_without_merge_fail_with_a_clear_error():
     d = Driver(NoMerge())
     d.record(0)
     d.record(200)
-    with pytest.raises(NotImplementedError, match=r"NoMerge uses session windows.*merge\(self, a, b\)"):
+    with pytest.raises(
+        NotImplementedError, match=r"NoMerge uses session windows.*merge\(self, a, b\)"
+    ):
         d.record(100)
 
 
