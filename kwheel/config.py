@@ -64,21 +64,22 @@ class WorkerConfig:
         ):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ConfigError(f"config {name}: must be a positive integer, got {v!r}")
+                raise _invalid(name, f"must be a positive integer, got {v!r}")
         t = self.startup_timeout_s
         if not isinstance(t, (int, float)) or isinstance(t, bool) or not 0 < t < float("inf"):
-            raise ConfigError(
-                f"config startup_timeout_s: must be a positive number, got {self.startup_timeout_s!r}"
+            raise _invalid(
+                "startup_timeout_s", f"must be a positive number, got {self.startup_timeout_s!r}"
             )
         if not self.bootstrap_servers or not all(
             ":" in b for b in self.bootstrap_servers.split(",")
         ):
-            raise ConfigError(
-                f"config bootstrap_servers: expected host:port[,host:port], got {self.bootstrap_servers!r}"
+            raise _invalid(
+                "bootstrap_servers",
+                f"expected host:port[,host:port], got {self.bootstrap_servers!r}",
             )
         if self.offset_reset not in ("earliest", "latest", "fail"):
-            raise ConfigError(
-                f"config offset_reset: must be earliest, latest or fail, got {self.offset_reset!r}"
+            raise _invalid(
+                "offset_reset", f"must be earliest, latest or fail, got {self.offset_reset!r}"
             )
         url = self.schema_registry_url
         if url is not None and not all(
@@ -86,35 +87,31 @@ class WorkerConfig:
         ):
             from .registry import redact
 
-            raise ConfigError(
-                f"config schema_registry_url: expected http(s)://host:port[,...], got {redact(url)!r}"
+            raise _invalid(
+                "schema_registry_url", f"expected http(s)://host:port[,...], got {redact(url)!r}"
             )
         if self.schema_registry_auth is not None and ":" not in self.schema_registry_auth:
-            raise ConfigError(
-                "config schema_registry_auth: expected user:password (value not shown)"
-            )
+            raise _invalid("schema_registry_auth", "expected user:password (value not shown)")
         mp = self.metrics_port
         if mp is not None and (
             not isinstance(mp, int) or isinstance(mp, bool) or not 0 <= mp <= 65535
         ):
-            raise ConfigError(
-                f"config metrics_port: must be a port number 0..65535 (0: any free port), got {mp!r}"
+            raise _invalid(
+                "metrics_port", f"must be a port number 0..65535 (0: any free port), got {mp!r}"
             )
         if not self.metrics_host or any(c.isspace() for c in self.metrics_host):
-            raise ConfigError(
-                f"config metrics_host: must be a host name or address, got {self.metrics_host!r}"
+            raise _invalid(
+                "metrics_host", f"must be a host name or address, got {self.metrics_host!r}"
             )
         if self.slot is not None and (not self.slot or any(c.isspace() for c in self.slot)):
-            raise ConfigError(
-                f"config slot: must be a non-empty name without spaces, got {self.slot!r}"
-            )
+            raise _invalid("slot", f"must be a non-empty name without spaces, got {self.slot!r}")
         if not isinstance(self.log_level, str) or self.log_level.upper() not in LOG_LEVELS:
-            raise ConfigError(
-                f"config log_level: must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}"
+            raise _invalid(
+                "log_level", f"must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}"
             )
         self.log_level = self.log_level.upper()
         if self.log_format not in ("text", "json"):
-            raise ConfigError(f"config log_format: must be text or json, got {self.log_format!r}")
+            raise _invalid("log_format", f"must be text or json, got {self.log_format!r}")
 
     @classmethod
     def from_env(
@@ -194,9 +191,14 @@ def load(
     try:
         return cls(**values), sources  # type: ignore[arg-type]
     except ConfigError as e:
-        m = re.match(r"config (\w+):", str(e))
-        where = origin.get(m.group(1)) if m else None
-        raise ConfigError(f"{e} (from {where})" if where else str(e)) from None
+        where = origin.get(e.field) if e.field else None
+        raise ConfigError(f"{e} (from {where})" if where else str(e), field=e.field) from None
+
+
+def _invalid(field: str, problem: str) -> ConfigError:
+    """The error for a bad value of ``field``: it names the field, and says where the value
+    came from once the caller knows (``load``)."""
+    return ConfigError(f"config {field}: {problem}", field=field)
 
 
 def config_path(

@@ -10,7 +10,12 @@ class PipelineError(KwheelError):
 
 
 class ConfigError(KwheelError):
-    """A configuration value is missing or malformed."""
+    """A configuration value is missing or malformed; ``field`` names the setting when one
+    setting is to blame."""
+
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        self.field = field
 
 
 class LoadError(KwheelError):
@@ -22,7 +27,12 @@ class BrokerError(KwheelError):
 
 
 class TopicMismatchError(KwheelError):
-    """An existing topic does not match what the pipeline needs."""
+    """An existing topic does not match what the pipeline needs; ``missing`` names the
+    topics that do not exist at all (empty when one exists but differs)."""
+
+    def __init__(self, message: str, missing: tuple[str, ...] = ()):
+        super().__init__(message)
+        self.missing = missing
 
 
 class SerdeError(KwheelError):

@@ -41,7 +41,8 @@ def check_topics(client: AdminClient, pipeline: Pipeline) -> None:
     missing = [n for n in need if n not in existing]
     if missing:
         raise TopicMismatchError(
-            f"pipeline {pipeline.name!r}: missing topics {', '.join(sorted(missing))} (run: kwheel topics create)"
+            f"pipeline {pipeline.name!r}: missing topics {', '.join(sorted(missing))} (run: kwheel topics create)",
+            missing=tuple(sorted(missing)),
         )
     for name, (parts, _conf) in need.items():
         have = len(existing[name].partitions)

@@ -59,7 +59,7 @@ class Worker:
                 return
             except (TopicMismatchError, KafkaException) as e:
                 if time.monotonic() >= deadline or (
-                    isinstance(e, TopicMismatchError) and "missing" not in str(e)
+                    isinstance(e, TopicMismatchError) and not e.missing
                 ):
                     raise
                 log.warning("waiting for topics: %s", e)

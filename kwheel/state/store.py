@@ -7,6 +7,7 @@ to a prefix of the changelog and restore resumes from ``applied_offset + 1``.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import shutil
@@ -17,6 +18,7 @@ from pathlib import Path
 from rocksdict import Options, Rdict, WriteBatch, WriteOptions
 
 from ..errors import StateError
+from ..record import TimeDomain
 from . import layout
 
 log = logging.getLogger("kwheel.store")
@@ -30,13 +32,10 @@ class TaskStore:
     def __init__(self, path: Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = _hold_lock(self.path.with_name(self.path.name + ".lock"), self.path)
         try:
             self._db = self._open()
         except Exception as e:  # a store damaged by a crash: the changelog rebuilds it
-            if "lock" in str(e).lower():  # another live process has it open: not damage
-                raise StateError(
-                    f"state store {self.path} is in use by another process ({e})"
-                ) from None
             log.warning(
                 "state store %s cannot be opened (%s): rebuilding it from the changelog",
                 self.path,
@@ -105,9 +104,9 @@ class TaskStore:
             if kind == layout.TIMER:
                 old = old_value(key)
                 if old is not None:
-                    wb.delete(layout.timer_index_key(key, *layout.decode_timer(old)))
+                    wb.delete(layout.timer_index_key_of(key, old))
                 if value is not None:
-                    wb.put(layout.timer_index_key(key, *layout.decode_timer(value)), b"")
+                    wb.put(layout.timer_index_key_of(key, value), b"")
             elif kind == layout.ID_BATCH:
                 if value is None:
                     old = old_value(key)
@@ -158,9 +157,9 @@ class TaskStore:
                 break
             yield key[1:]
 
-    def timers(self, domain: bytes, until: int) -> Iterator[tuple[int, bytes]]:
+    def timers(self, domain: TimeDomain, until: int) -> Iterator[tuple[int, bytes]]:
         """(time, timer key) of committed timers of a domain with time <= until, in time order."""
-        prefix = layout.TIMER_INDEX + domain
+        prefix = layout.timer_index_prefix(domain)
         for ikey in self._db.keys(from_key=prefix):
             if ikey[:2] != prefix:
                 break
@@ -196,5 +195,21 @@ class TaskStore:
             shutil.rmtree(doomed, ignore_errors=True)
 
     def close(self) -> None:
-        self._db.flush()  # no WAL: persist the memtable before letting go
-        self._db.close()
+        try:
+            self._db.flush()  # no WAL: persist the memtable before letting go
+            self._db.close()
+        finally:
+            os.close(self._lock)  # releases the lock
+
+
+def _hold_lock(lock_path: Path, store_path: Path) -> int:
+    """Lock the store for this process (a file lock next to it, released by the kernel
+    when the process dies, SIGKILL included). Held by another process means in use, not
+    damaged: RocksDB's own LOCK would say the same, but only in its message text."""
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise StateError(f"state store {store_path} is in use by another process") from None
+    return fd

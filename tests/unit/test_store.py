@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
+from kwheel.errors import StateError
+from kwheel.record import TimeDomain
 from kwheel.state import layout
 from kwheel.state.store import TaskStore
 from kwheel.watermarks import MAX_WATERMARK, MIN_WATERMARK
@@ -176,9 +181,50 @@ def test_reopening_the_same_path_keeps_data(tmp_path):
         s.close()
 
 
+def test_a_store_open_elsewhere_is_in_use_not_damaged(tmp_path):
+    """A second opening (another process, or this one) is refused with one line and
+    leaves the data alone; once the first lets go, the store opens with its data."""
+    path = tmp_path / "c-1"
+    s = TaskStore(path)
+    s.apply([state_put(b"k", {"v": 1})], offset=3)
+    with pytest.raises(StateError, match=r"state store .*c-1 is in use by another process"):
+        TaskStore(path)
+    s.close()
+    again = TaskStore(path)
+    try:
+        assert again.applied_offset == 3
+    finally:
+        again.close()
+
+
+def test_a_store_locked_by_another_process_is_refused(tmp_path):
+    path = tmp_path / "c-1"
+    TaskStore(path).close()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_STORE, str(path)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "open"
+        with pytest.raises(StateError, match="in use by another process"):
+            TaskStore(path)
+    finally:
+        holder.kill()  # SIGKILL: the kernel releases its lock
+        holder.wait(10)
+    TaskStore(path).close()
+
+
+HOLD_STORE = """
+import sys, time
+from kwheel.state.store import TaskStore
+s = TaskStore(sys.argv[1])
+print("open", flush=True)
+time.sleep(60)
+"""
+
+
 # ---- timers and their time index --------------------------------------------------------------
 
-EVENT, WALL = b"e", b"w"
+EVENT, WALL = TimeDomain.EVENT, TimeDomain.WALL
 
 
 def tkey(key, tag):
@@ -362,7 +408,7 @@ def test_count_prefix_counts_only_keys_with_the_prefix(store):
     )
     assert store.count_prefix(layout.TIMER) == 3
     assert store.count_prefix(layout.TIMER_INDEX) == 3
-    assert store.count_prefix(layout.TIMER_INDEX + WALL) == 1
+    assert store.count_prefix(layout.timer_index_prefix(WALL)) == 1
     assert store.count_prefix(layout.STATE) == 2
     assert store.count_prefix(layout.SEEN) == 2
     assert store.count_prefix(layout.ID_BATCH) == 1
