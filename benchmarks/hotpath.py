@@ -73,6 +73,9 @@ class _Producer:
         if on_delivery is not None:
             self._cb = on_delivery
 
+    def init_transactions(self, *a):
+        pass
+
     def begin_transaction(self):
         pass
 
@@ -133,8 +136,10 @@ def main() -> None:
             0,
             WorkerConfig(state_dir=Path(tmp)),
             _Consumer(),
+            make_producer=lambda conf: _Producer(),
         )
-        task.producer = _Producer()
+        task.fence(1, fence_from=1)
+        task.start()
 
         def run():
             for i in range(0, len(msgs), a.batch):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
+
+from .record import TimeDomain
 
 if TYPE_CHECKING:
     from .record import Key, Record, Timer
@@ -33,7 +35,12 @@ class Context(Protocol):
     def produce(self, stream: str, key: Key, value: object, timestamp: int | None = None) -> None:
         """Emit a record; it becomes visible downstream only when this batch commits."""
 
-    def set_timer(self, tag: str, timestamp: int, domain: str = "event") -> None:
+    def set_timer(
+        self,
+        tag: str,
+        timestamp: int,
+        domain: TimeDomain | Literal["event", "wall"] = TimeDomain.EVENT,
+    ) -> None:
         """Set (or replace) this key's timer ``tag``."""
 
     def delete_timer(self, tag: str) -> None:

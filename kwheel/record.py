@@ -3,8 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 
 Key = str | bytes
+
+
+class TimeDomain(StrEnum):
+    """When a timer fires: ``EVENT`` once the low watermark reaches its time, ``WALL`` once
+    the clock (ms since the epoch) does. Members equal their strings ("event", "wall")."""
+
+    EVENT = "event"
+    WALL = "wall"
 
 
 @dataclass(slots=True)
@@ -26,9 +35,9 @@ class Record:
 
 @dataclass(slots=True, frozen=True)
 class Timer:
-    """A timer that fired: its per-key ``tag``, its time and its domain ("event" or "wall")."""
+    """A timer that fired: its per-key ``tag``, its time and its domain."""
 
     key: Key
     tag: str
     timestamp: int
-    domain: str = "event"
+    domain: TimeDomain = TimeDomain.EVENT

@@ -6,14 +6,13 @@ copy and outputs in a list, so a call that raises leaves no trace in the batch.
 
 from __future__ import annotations
 
+from typing import Literal
+
 from ..ids import derive
 from ..kafka.writer import Message, StreamWriter
-from ..record import Key
-from ..state.layout import encode_timer, timer_key
-
-EVENT = b"e"
-WALL = b"w"
-_DOMAINS = {"event": EVENT, "wall": WALL}
+from ..record import Key, TimeDomain
+from ..state.layout import encode_timer, is_time_domain, timer_key
+from ..watermarks import MIN_WATERMARK
 
 _MISSING = object()
 
@@ -114,7 +113,7 @@ class TaskContext:
         self._n = 0
         self._default_ts = 0
         #: the task's input low watermark (ms): every record older than this was processed
-        self.low_watermark = -(2**63)
+        self.low_watermark = MIN_WATERMARK
 
     def begin(
         self, key: Key, keytag: bytes, state: KeyState, parent_id: bytes, default_ts: int
@@ -134,15 +133,19 @@ class TaskContext:
         ts = self._default_ts if timestamp is None else int(timestamp)
         self.outputs.extend(self._writer.encode(stream, key, value, ts, rid))
 
-    def set_timer(self, tag: str, timestamp: int, domain: str = "event") -> None:
-        """Set this key's timer ``tag`` (replacing it): "event" fires once the low watermark
-        reaches ``timestamp``, "wall" once the clock (ms since the epoch) does."""
-        code = _DOMAINS.get(domain)
-        if code is None:
+    def set_timer(
+        self,
+        tag: str,
+        timestamp: int,
+        domain: TimeDomain | Literal["event", "wall"] = TimeDomain.EVENT,
+    ) -> None:
+        """Set this key's timer ``tag`` (replacing it): an event timer fires once the low
+        watermark reaches ``timestamp``, a wall timer once the clock (ms since the epoch) does."""
+        if not is_time_domain(domain):
             raise ValueError(f"timer domain must be 'event' or 'wall', got {domain!r}")
         if not isinstance(tag, str):
             raise TypeError(f"timer tag must be str, got {type(tag).__name__}")
-        self.timer_ops.append((timer_key(self._keytag, tag), encode_timer(int(timestamp), code)))
+        self.timer_ops.append((timer_key(self._keytag, tag), encode_timer(int(timestamp), domain)))
 
     def delete_timer(self, tag: str) -> None:
         """Cancel this key's timer ``tag`` if set."""

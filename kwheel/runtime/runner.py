@@ -13,12 +13,14 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from ..config import WorkerConfig
 from ..errors import BrokerError, FencedError
 from ..kafka import clients
+from ..kafka.fencing import is_fatal, is_fenced
 from ..logs import about, scoped
 from ..pipeline import Pipeline
 from ..watermarks.control import task_producer_id
 from ..watermarks.ownership import announcement, owner_control, still_owner
 from ..watermarks.transport import WatermarkPublisher
 from ..watermarks.upstream import WatermarkTable
+from .lifecycle import TaskState
 from .task import Task
 
 HEARTBEAT_S = 1.0  # an unchanged watermark is republished this often, so idle stages advance
@@ -210,10 +212,7 @@ class ComputationRunner:
         for p in sorted({tp.partition for tp in parts}):
             task = self.tasks.pop(p, None)
             if task is not None:
-                try:
-                    task.abort()
-                except Exception:
-                    pass
+                self._abort_task(task)  # logged: closing must go on
                 task.close()
                 log.warning("%s: partitions lost (session expired)", task.name, extra=about(task))
 
@@ -329,8 +328,9 @@ class ComputationRunner:
     def _consumer_error(self, err: KafkaError) -> None:
         if err.code() == KafkaError._PARTITION_EOF:
             return
-        if err.fatal() or err.code() == KafkaError._FATAL:
-            if "fenced" in err.str().lower():
+        if err.fatal() or is_fatal(err):
+            # a static member's (a slot's) fatal error is its fencing: kafka/fencing.py
+            if is_fenced(err) or self.cfg.slot is not None:
                 raise FencedError(
                     f"worker slot {self.cfg.slot!r} was fenced in group {self.pipeline.group_id(self.spec.name)!r}: "
                     f"another process joined with the same slot id ({err.str()})"
@@ -368,7 +368,7 @@ class ComputationRunner:
         self._last_commit = time.monotonic()
         self._open = False
         for p, task in todo:
-            if task.renew_needed and not any(task is t for _, t, _ in failures):
+            if task.state is TaskState.SUSPENDED and not any(task is t for _, t, _ in failures):
                 try:
                     self._renew(task)
                 except Exception as e:
@@ -398,7 +398,7 @@ class ComputationRunner:
         commits, started = task.counters.commits, time.monotonic()
         task.commit()
         if self.metrics is not None and task.counters.commits != commits:
-            self.metrics.committed(self.spec.name, task.txn_began, started, time.monotonic())
+            self.metrics.committed(self.spec.name, task.txn.began, started, time.monotonic())
 
     def _abort_task(self, task: Task) -> None:
         try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from itertools import islice
 
+from ..record import TimeDomain
 from ..state import layout
 from ..state.store import TaskStore
 from ..watermarks import MAX_WATERMARK
@@ -29,7 +30,9 @@ class TimerTable:
             self.pending -= 1
         self.changes[tkey] = value
 
-    def due(self, domain: bytes, limit: int, most: int | None = None) -> list[tuple[int, bytes]]:
+    def due(
+        self, domain: TimeDomain, limit: int, most: int | None = None
+    ) -> list[tuple[int, bytes]]:
         """(time, timer key) of timers of ``domain`` with time <= limit, in firing order; the
         first ``most`` of them if given (without reading the rest from the store)."""
         committed = ((ts, k) for ts, k in self.store.timers(domain, limit) if k not in self.changes)
@@ -42,7 +45,7 @@ class TimerTable:
         out.sort()
         return out if most is None else out[:most]
 
-    def earliest(self, domain: bytes) -> int:
+    def earliest(self, domain: TimeDomain) -> int:
         """Time of the earliest pending timer of ``domain`` (MAX_WATERMARK when none)."""
         best = MAX_WATERMARK
         for ts, k in self.store.timers(domain, MAX_WATERMARK):
@@ -55,6 +58,11 @@ class TimerTable:
                 if d == domain and ts < best:
                     best = ts
         return best
+
+    def reload(self) -> None:
+        """Count the store's timers again (after a restore)."""
+        self.changes = {}
+        self.pending = self.store.count_prefix(layout.TIMER)
 
     def committed(self) -> None:
         """The batch's changes are in the store now."""

@@ -17,7 +17,7 @@ from __future__ import annotations
 import pickle
 import struct
 
-from ..record import Key
+from ..record import Key, TimeDomain
 
 STATE = b"s"
 ID_BATCH = b"i"
@@ -91,7 +91,13 @@ def decode_id_batch(data: bytes) -> list[tuple[bytes, int]]:
 
 
 # ---- timers ---------------------------------------------------------------------------
-_TIMER_VALUE = struct.Struct(">qc")  # time, domain (b"e" event / b"w" wall)
+_TIMER_VALUE = struct.Struct(">qc")  # time, domain code
+# The one translation between time domains and their byte in timer values and index keys.
+# Keyed by str as well: a TimeDomain member hashes and compares as its string.
+_DOMAIN_CODES: dict[str, bytes] = {TimeDomain.EVENT: b"e", TimeDomain.WALL: b"w"}
+_CODE_DOMAINS: dict[bytes, TimeDomain] = {
+    code: TimeDomain(name) for name, code in _DOMAIN_CODES.items()
+}
 _LEN = struct.Struct(">H")
 _BIAS = 2**63  # so negative times sort before positive ones as unsigned bytes
 
@@ -105,16 +111,34 @@ def split_timer_key(tkey: bytes) -> tuple[bytes, str]:
     return tkey[3 : 3 + n], tkey[3 + n :].decode()
 
 
-def encode_timer(ts: int, domain: bytes) -> bytes:
-    return _TIMER_VALUE.pack(ts, domain)
+def is_time_domain(domain: object) -> bool:
+    """``domain`` names a time domain ("event", "wall" or a TimeDomain)."""
+    return type(domain) in (str, TimeDomain) and domain in _DOMAIN_CODES
 
 
-def decode_timer(value: bytes) -> tuple[int, bytes]:
-    return _TIMER_VALUE.unpack(value)
+def encode_timer(ts: int, domain: TimeDomain | str) -> bytes:
+    return _TIMER_VALUE.pack(ts, _DOMAIN_CODES[domain])
 
 
-def timer_index_key(tkey: bytes, ts: int, domain: bytes) -> bytes:
-    return TIMER_INDEX + domain + (ts + _BIAS).to_bytes(8, "big") + tkey[1:]
+def decode_timer(value: bytes) -> tuple[int, TimeDomain]:
+    ts, code = _TIMER_VALUE.unpack(value)
+    return ts, _CODE_DOMAINS[code]
+
+
+def timer_index_prefix(domain: TimeDomain) -> bytes:
+    """Where the index of ``domain``'s timers starts: they follow in time order."""
+    return TIMER_INDEX + _DOMAIN_CODES[domain]
+
+
+def timer_index_key(tkey: bytes, ts: int, domain: TimeDomain) -> bytes:
+    return timer_index_prefix(domain) + (ts + _BIAS).to_bytes(8, "big") + tkey[1:]
+
+
+def timer_index_key_of(tkey: bytes, value: bytes) -> bytes:
+    """The index key of timer ``tkey`` whose encoded value is ``value`` (restore's path:
+    no decoding into a TimeDomain and back)."""
+    ts, code = _TIMER_VALUE.unpack(value)
+    return TIMER_INDEX + code + (ts + _BIAS).to_bytes(8, "big") + tkey[1:]
 
 
 def split_timer_index_key(ikey: bytes) -> tuple[int, bytes]:

@@ -30,8 +30,8 @@ from ..ids import new_id
 from ..injector import BoundedDisorder
 from ..kafka.writer import ID_HEADER, StreamWriter
 from ..pipeline import Pipeline
-from ..record import Key, Record, Timer
-from ..runtime.context import EVENT, WALL
+from ..record import Key, Record, TimeDomain, Timer
+from ..runtime.lifecycle import TaskState
 from ..runtime.task import Task
 from ..sources import SourceEnv
 from ..state import layout
@@ -41,7 +41,6 @@ from .memory import MemoryConsumer, MemoryLog, MemoryMessage, MemoryProducer
 #: the watermark of a stream that has ended: every event timer downstream fires
 END = MAX_WATERMARK
 MAX_ROUNDS = 10_000
-_DOMAINS = ((EVENT, "event"), (WALL, "wall"))
 
 
 class PipelineDriver:
@@ -107,26 +106,38 @@ class PipelineDriver:
     ) -> Task:
         """A real Task on the in-memory transport, its store caught up with its changelog."""
         spec = self.pipeline.computations[computation]
-        task = Task(self.pipeline, spec, partition, self.config, self._consumers[computation])
+        task = Task(
+            self.pipeline,
+            spec,
+            partition,
+            self.config,
+            self._consumers[computation],
+            make_producer=self._producer,
+        )
         try:
             if wipe:
                 task.store.wipe()
+            task.fence(incarnation, fence_from=incarnation)
             applied = []
             for m in self.log.read(task.changelog, partition, task.store.applied_offset + 1):
                 applied.append((m.key(), m.value()))
             if applied:  # a wiped or stale store: replay the changelog, like a restore from Kafka
                 task.store.apply(applied, self.log.end(task.changelog, partition) - 1)
                 task.counters.restored += len(applied)
-            base = self.pipeline.transactional_id(computation, partition)
-            task.producer = MemoryProducer(
-                self.log, f"{base}.{incarnation}", clock=lambda: self._wall
-            )
-            task.incarnation = incarnation
-            task._load_store()
+            task.start()
         except BaseException:
             task.close()
             raise
         return task
+
+    def _producer(self, conf: dict[str, object]) -> MemoryProducer:
+        return MemoryProducer(self.log, str(conf["transactional.id"]), clock=lambda: self._wall)
+
+    def _renew_if_aborted(self, task: Task) -> None:
+        """As the worker does: a task whose transaction aborted goes on as its next
+        incarnation, with a fresh transactional id."""
+        if task.state is TaskState.SUSPENDED:
+            task.renew(task.incarnation + 1)
 
     def restart(self, wipe_state: bool = False) -> None:
         """Close every task and open it again, as a worker restart would: from the committed
@@ -264,6 +275,7 @@ class PipelineDriver:
         watermark = self._input_watermark(computation)
         consumer = self._consumers[computation]
         for task in self._tasks[computation]:
+            self._renew_if_aborted(task)
             p = task.partition
             msgs: list[MemoryMessage] = []
             starts = {topic: consumer.positions.get((topic, p), 0) for topic in task.inputs}
@@ -281,6 +293,7 @@ class PipelineDriver:
                     for i in range(0, len(msgs), size):
                         task.process(msgs[i : i + size])
                         task.commit()
+                        self._renew_if_aborted(task)
                 task.advance(watermark)
                 task.fire_timers(self._wall)
                 busy = busy or task.timers_left
@@ -294,6 +307,7 @@ class PipelineDriver:
                     )
                 raise
             task.commit()
+            self._renew_if_aborted(task)
         out = min(t.compute_output_watermark() for t in self._tasks[computation])
         if out != self._out_watermarks[computation]:
             self._out_watermarks[computation] = out
@@ -349,8 +363,8 @@ class PipelineDriver:
         self._settle()
         out = []
         for task in self._running(computation):
-            for code, domain in _DOMAINS:
-                for ts, tkey in task.store.timers(code, MAX_WATERMARK):
+            for domain in TimeDomain:
+                for ts, tkey in task.store.timers(domain, MAX_WATERMARK):
                     keytag, tag = layout.split_timer_key(tkey)
                     k = layout.key_from_tag(keytag)
                     if key is None or k == key:

@@ -8,6 +8,7 @@ from kwheel import Computation, Input, Pipeline
 from kwheel.errors import PipelineError, SerdeError
 from kwheel.ids import derive
 from kwheel.kafka.writer import StreamWriter
+from kwheel.record import TimeDomain
 from kwheel.runtime.context import KeyState, TaskContext
 from kwheel.state.layout import decode_timer, encode_timer, key_tag, split_timer_key, timer_key
 from kwheel.watermarks import MIN_WATERMARK
@@ -242,8 +243,10 @@ def test_produce_with_bad_value_names_the_stream(ctx):
 def test_set_timer_defaults_to_the_event_domain(ctx):
     ctx.begin("u", key_tag("u"), KeyState({}), PARENT, 0)
     ctx.set_timer("window", 5000)
-    assert ctx.timer_ops == [(timer_key(key_tag("u"), "window"), encode_timer(5000, b"e"))]
-    assert decode_timer(ctx.timer_ops[0][1]) == (5000, b"e")
+    assert ctx.timer_ops == [
+        (timer_key(key_tag("u"), "window"), encode_timer(5000, TimeDomain.EVENT))
+    ]
+    assert decode_timer(ctx.timer_ops[0][1]) == (5000, TimeDomain.EVENT)
 
 
 def test_set_timer_in_the_wall_domain(ctx):
@@ -251,21 +254,21 @@ def test_set_timer_in_the_wall_domain(ctx):
     ctx.set_timer("t", 1700000000000, domain="wall")
     ctx.set_timer("e", 7, domain="event")
     assert ctx.timer_ops == [
-        (timer_key(key_tag("u"), "t"), encode_timer(1700000000000, b"w")),
-        (timer_key(key_tag("u"), "e"), encode_timer(7, b"e")),
+        (timer_key(key_tag("u"), "t"), encode_timer(1700000000000, TimeDomain.WALL)),
+        (timer_key(key_tag("u"), "e"), encode_timer(7, TimeDomain.EVENT)),
     ]
 
 
 def test_set_timer_truncates_a_float_time_to_int(ctx):
     ctx.begin("u", key_tag("u"), KeyState({}), PARENT, 0)
     ctx.set_timer("t", 99.9)
-    assert decode_timer(ctx.timer_ops[0][1]) == (99, b"e")
+    assert decode_timer(ctx.timer_ops[0][1]) == (99, TimeDomain.EVENT)
 
 
 def test_set_timer_accepts_negative_times(ctx):
     ctx.begin("u", key_tag("u"), KeyState({}), PARENT, 0)
     ctx.set_timer("t", -5)
-    assert decode_timer(ctx.timer_ops[0][1]) == (-5, b"e")
+    assert decode_timer(ctx.timer_ops[0][1]) == (-5, TimeDomain.EVENT)
 
 
 def test_delete_timer_appends_a_tombstone(ctx):
@@ -282,10 +285,10 @@ def test_timer_ops_keep_call_order_including_repeats(ctx):
     ctx.set_timer("t", 3, domain="wall")
     tk = timer_key(key_tag("u"), "t")
     assert ctx.timer_ops == [
-        (tk, encode_timer(1, b"e")),
-        (tk, encode_timer(2, b"e")),
+        (tk, encode_timer(1, TimeDomain.EVENT)),
+        (tk, encode_timer(2, TimeDomain.EVENT)),
         (tk, None),
-        (tk, encode_timer(3, b"w")),
+        (tk, encode_timer(3, TimeDomain.WALL)),
     ]
 
 
@@ -330,7 +333,7 @@ def test_begin_resets_timer_ops(ctx):
     ctx.begin("v", key_tag("v"), KeyState({}), PARENT, 0)
     assert ctx.timer_ops == []
     assert ops == [
-        (timer_key(key_tag("u"), "t"), encode_timer(1, b"e"))
+        (timer_key(key_tag("u"), "t"), encode_timer(1, TimeDomain.EVENT))
     ]  # the old list is not cleared
 
 

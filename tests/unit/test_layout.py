@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from kwheel.record import TimeDomain
 from kwheel.state import layout
 
 
@@ -117,7 +118,7 @@ def test_timer_keys_of_str_and_bytes_keys_differ():
 
 
 @pytest.mark.parametrize("ts", [0, 1, -1, 1700000000000, -(2**63), 2**63 - 1])
-@pytest.mark.parametrize("domain", [b"e", b"w"])
+@pytest.mark.parametrize("domain", list(TimeDomain))
 def test_timer_value_round_trip(ts, domain):
     value = layout.encode_timer(ts, domain)
     assert len(value) == 9
@@ -146,7 +147,7 @@ TIMES = sorted(
 )
 
 
-@pytest.mark.parametrize("domain", [b"e", b"w"])
+@pytest.mark.parametrize("domain", list(TimeDomain))
 def test_timer_index_keys_sort_by_time_as_bytes_across_zero(domain):
     tkey = layout.timer_key(layout.key_tag("k"), "t")
     keys = [layout.timer_index_key(tkey, ts, domain) for ts in TIMES]
@@ -155,17 +156,24 @@ def test_timer_index_keys_sort_by_time_as_bytes_across_zero(domain):
 
 
 def test_timer_index_orders_by_time_before_key():
-    early_z = layout.timer_index_key(layout.timer_key(layout.key_tag("zzz"), "z"), -5, b"e")
-    late_a = layout.timer_index_key(layout.timer_key(layout.key_tag("a"), "a"), 3, b"e")
+    early_z = layout.timer_index_key(
+        layout.timer_key(layout.key_tag("zzz"), "z"), -5, TimeDomain.EVENT
+    )
+    late_a = layout.timer_index_key(layout.timer_key(layout.key_tag("a"), "a"), 3, TimeDomain.EVENT)
     assert early_z < late_a
 
 
 def test_timer_index_keys_of_a_domain_share_a_two_byte_prefix():
     tkey = layout.timer_key(layout.key_tag("k"), "t")
-    for domain in (b"e", b"w"):
+    for domain in TimeDomain:
         for ts in TIMES:
-            assert layout.timer_index_key(tkey, ts, domain)[:2] == layout.TIMER_INDEX + domain
-    assert layout.timer_index_key(tkey, 0, b"e")[:2] != layout.timer_index_key(tkey, 0, b"w")[:2]
+            prefix = layout.timer_index_prefix(domain)
+            assert len(prefix) == 2 and prefix[:1] == layout.TIMER_INDEX
+            assert layout.timer_index_key(tkey, ts, domain)[:2] == prefix
+    assert (
+        layout.timer_index_key(tkey, 0, TimeDomain.EVENT)[:2]
+        != layout.timer_index_key(tkey, 0, TimeDomain.WALL)[:2]
+    )
 
 
 @pytest.mark.parametrize("keytag", KEYTAGS)
@@ -173,4 +181,7 @@ def test_timer_index_keys_of_a_domain_share_a_two_byte_prefix():
 @pytest.mark.parametrize("ts", [-(2**63), -1, 0, 1, 1700000000000, 2**63 - 1])
 def test_split_timer_index_key_round_trip(keytag, tag, ts):
     tkey = layout.timer_key(keytag, tag)
-    assert layout.split_timer_index_key(layout.timer_index_key(tkey, ts, b"w")) == (ts, tkey)
+    assert layout.split_timer_index_key(layout.timer_index_key(tkey, ts, TimeDomain.WALL)) == (
+        ts,
+        tkey,
+    )

@@ -11,8 +11,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from kwheel.config import WorkerConfig
 from kwheel.errors import ConfigError
+from kwheel.runtime.lifecycle import TaskCounters
 from kwheel.runtime.metrics import COUNTERS, WorkerMetrics
-from kwheel.runtime.task import TaskCounters
 from kwheel.watermarks import MAX_WATERMARK, MIN_WATERMARK
 
 

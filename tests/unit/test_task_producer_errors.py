@@ -59,14 +59,14 @@ def task(driver):
     ],
 )
 def test_a_fenced_or_fatal_producer_ends_the_task_as_fenced(task, code, text):
-    task.producer = FailingProducer(task.producer, code, text, on="begin")
+    task.txn.producer = FailingProducer(task.txn.producer, code, text, on="begin")
     with pytest.raises(FencedError, match=re.escape(f"task {task.name} was fenced")):
         task.process([])
 
 
 def test_another_producer_error_is_a_broker_error(task):
-    task.producer = FailingProducer(
-        task.producer, KafkaError._TRANSPORT, "Local: Broker transport failure", on="begin"
+    task.txn.producer = FailingProducer(
+        task.txn.producer, KafkaError._TRANSPORT, "Local: Broker transport failure", on="begin"
     )
     with pytest.raises(BrokerError, match="producer failed: Local: Broker transport failure"):
         task.process([])
@@ -74,17 +74,17 @@ def test_another_producer_error_is_a_broker_error(task):
 
 def test_closing_a_task_whose_producer_was_fenced_does_not_raise(driver, task, caplog):
     driver._tasks["counter"].remove(task)  # closed here, not again by the driver
-    task.producer = FailingProducer(
-        task.producer, KafkaError._FATAL, "Local: Fatal error", on="flush"
+    task.txn.producer = FailingProducer(
+        task.txn.producer, KafkaError._FATAL, "Local: Fatal error", on="flush"
     )
     with caplog.at_level(logging.INFO, logger="kwheel"):
         task.close()
-    assert task.producer is None
+    assert task.txn.producer is None
     assert "producer gone (Local: Fatal error)" in caplog.text
 
 
 class ScriptedInit:
-    """Stands in for confluent_kafka.Producer in Task.open: init_transactions fails with
+    """Stands in for confluent_kafka.Producer in Task.fence: init_transactions fails with
     the scripted errors, then succeeds."""
 
     errors: list[KafkaError] = []
@@ -108,31 +108,31 @@ TIMED_OUT = KafkaError(
 
 def test_opening_retries_a_timed_out_init_even_past_the_deadline_once(task, monkeypatch):
     # a zombie paused inside init_transactions wakes with its time used up: one more try
-    monkeypatch.setattr("kwheel.runtime.task.Producer", ScriptedInit)
+    monkeypatch.setattr(task.txn, "make_producer", ScriptedInit)
     ScriptedInit.errors, ScriptedInit.calls = [TIMED_OUT], 0
-    producer = task._init_transactions("driven.counter.0.3", deadline=0.0)
+    producer = task.txn.open_id("driven.counter.0.3", deadline=0.0)
     assert producer.transactional_id == "driven.counter.0.3"
     assert ScriptedInit.calls == 2
 
 
 def test_opening_gives_up_after_the_deadline_with_one_line(task, monkeypatch):
-    monkeypatch.setattr("kwheel.runtime.task.Producer", ScriptedInit)
+    monkeypatch.setattr(task.txn, "make_producer", ScriptedInit)
     ScriptedInit.errors, ScriptedInit.calls = [TIMED_OUT, TIMED_OUT, TIMED_OUT], 0
     with pytest.raises(
         BrokerError,
         match=r"could not open transactional id 'driven.counter.0.3' within "
         r"startup_timeout_s=\d+: Timed out",
     ):
-        task._init_transactions("driven.counter.0.3", deadline=0.0)
+        task.txn.open_id("driven.counter.0.3", deadline=0.0)
     assert ScriptedInit.calls == 2
 
 
 def test_opening_a_fenced_id_is_fenced_at_once(task, monkeypatch):
-    monkeypatch.setattr("kwheel.runtime.task.Producer", ScriptedInit)
+    monkeypatch.setattr(task.txn, "make_producer", ScriptedInit)
     ScriptedInit.errors, ScriptedInit.calls = (
         [KafkaError(KafkaError.PRODUCER_FENCED, "Producer fenced")],
         0,
     )
     with pytest.raises(FencedError):
-        task._init_transactions("driven.counter.0.3", deadline=1e18)
+        task.txn.open_id("driven.counter.0.3", deadline=1e18)
     assert ScriptedInit.calls == 1

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import pytest
 
+from kwheel.record import TimeDomain
 from kwheel.runtime.timers import TimerTable
 from kwheel.state import layout
 from kwheel.state.store import TaskStore
 from kwheel.watermarks import MAX_WATERMARK
 
-EVENT, WALL = b"e", b"w"
+EVENT, WALL = TimeDomain.EVENT, TimeDomain.WALL
 
 
 def tkey(key, tag="t"):

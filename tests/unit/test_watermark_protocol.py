@@ -29,6 +29,7 @@ from kwheel.config import WorkerConfig
 from kwheel.errors import FencedError
 from kwheel.kafka.writer import ID_HEADER
 from kwheel.runtime import task as task_module
+from kwheel.runtime.lifecycle import TaskState
 from kwheel.runtime.task import Task
 from kwheel.testing.memory import MemoryConsumer, MemoryLog, MemoryProducer
 from kwheel.watermarks import MIN_WATERMARK
@@ -173,13 +174,13 @@ class WatermarkProtocol(RuleBasedStateMachine):
             p,
             WorkerConfig(state_dir=state_dir, batch_size=1000),
             consumer,
+            make_producer=lambda conf: MemoryProducer(self.log, conf["transactional.id"]),
         )
+        task.adopt(producer, claim.incarnation, claim.owner)
         applied = [(m.key(), m.value()) for m in self.log.read(task.changelog, p, 0)]
         if applied:
             task.store.apply(applied, self.log.end(task.changelog, p) - 1)
-        task.producer = producer
-        task.incarnation, task.owner = claim.incarnation, claim.owner
-        task._load_store()
+        task.start()
         consumer.positions[("m.events", p)] = self.log.group_offsets.get(
             (consumer.group, "m.events", p), 0
         )
@@ -263,6 +264,8 @@ class WatermarkProtocol(RuleBasedStateMachine):
             self._guard(proc, task.abort)
         elif not self._guard(proc, task.commit):
             return
+        if task.state is TaskState.SUSPENDED and not self._renew(proc):
+            return
         positions = [("m.mid", q, self.log.end("m.mid", q)) for q in range(PARTS)]
         c = owner_control(
             proc.table,
@@ -276,6 +279,20 @@ class WatermarkProtocol(RuleBasedStateMachine):
         )
         if c is not None:
             self.topic.publish(c)  # the process takes it in when it reads the topic back
+
+    def _renew(self, proc: Process) -> bool:
+        """runner._renew after an abort: still the owner? then announce the next
+        incarnation and go on with its fresh transactional id."""
+        task = proc.task
+        pid = task_producer_id("relay", task.partition)
+        proc.read_to = self.topic.read(proc.table, proc.read_to)
+        if not still_owner(proc.table, pid, task.incarnation, task.owner):
+            proc.dead = True  # _check_still_owner raises FencedError
+            return False
+        claim = announcement(proc.table, pid, ["mid"], 0)
+        self.topic.publish(claim)
+        proc.read_to = self.topic.read(proc.table, proc.read_to)
+        return self._guard(proc, task.renew, claim.incarnation, None, claim.owner)
 
     def _guard(self, proc: Process, fn, *args) -> bool:
         try:
