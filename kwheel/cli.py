@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from .config import WorkerConfig
 from .errors import KwheelError
 from .loader import load_pipeline
+
+if TYPE_CHECKING:
+    from confluent_kafka.admin import AdminClient
 
 app = typer.Typer(
     add_completion=False,
@@ -199,7 +203,7 @@ def inject(
     run_injector(p, name, cfg, instance, instances, final=final)
 
 
-def _admin(bootstrap_servers: str | None, config: Path | None):
+def _admin(bootstrap_servers: str | None, config: Path | None) -> AdminClient:
     from .kafka.clients import wait_for_broker
 
     cfg = WorkerConfig.from_env(config_file=config, bootstrap_servers=bootstrap_servers)
@@ -335,8 +339,8 @@ def main() -> None:
     except typer.Abort:
         sys.exit(130)
     except Exception as e:  # usage errors of the (vendored) click parser show themselves
-        if hasattr(e, "show") and isinstance(getattr(e, "exit_code", None), int):
+        if hasattr(e, "show") and isinstance(code := getattr(e, "exit_code", None), int):
             e.show()
-            sys.exit(e.exit_code)
+            sys.exit(code)
         raise
     sys.exit(rc if isinstance(rc, int) else 0)

@@ -2,20 +2,30 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, overload
 
 from .record import TimeDomain
 
 if TYPE_CHECKING:
     from .record import Key, Record, Timer
 
+_T = TypeVar("_T")
+
 
 class State(Protocol):
-    """Per-key persistent state of one computation: a small mapping of names to values."""
+    """Per-key persistent state of one computation: a small mapping of names to values.
 
-    def get(self, name: str, default: object = None) -> object: ...
+    A value is whatever the computation stored under its name (any picklable object), so
+    reads are typed ``Any``, as ``pickle.loads`` is: annotate what you read, e.g.
+    ``n: int = ctx.state.get("n", 0)``. ``get`` without a default may return None."""
 
-    def __getitem__(self, name: str) -> object: ...
+    @overload
+    def get(self, name: str) -> Any | None: ...
+
+    @overload
+    def get(self, name: str, default: _T) -> Any | _T: ...
+
+    def __getitem__(self, name: str) -> Any: ...
 
     def __setitem__(self, name: str, value: object) -> None: ...
 
@@ -30,7 +40,10 @@ class Context(Protocol):
     """What ``process_record`` / ``process_timer`` may touch: only the current key's world."""
 
     key: Key
-    state: State
+
+    @property
+    def state(self) -> State:
+        """The current key's persistent state."""
 
     def produce(self, stream: str, key: Key, value: object, timestamp: int | None = None) -> None:
         """Emit a record; it becomes visible downstream only when this batch commits."""

@@ -16,22 +16,43 @@ import logging
 import sys
 import time
 from collections.abc import Callable
-from contextvars import ContextVar
-from typing import TypeVar
+from contextvars import ContextVar, Token
+from typing import Concatenate, ParamSpec, Protocol, TypeVar
 
 # (computation, partition): partition is None for work of a whole computation.
 _context: ContextVar[tuple[str, int | None] | None] = ContextVar("kwheel_log_context", default=None)
 
-F = TypeVar("F", bound=Callable)
+
+class _Named(Protocol):
+    @property
+    def name(self) -> str: ...
+
+
+class _Scoped(Protocol):
+    """A task or a computation's runner: what ``scoped`` reads (and ``partition`` if it has one)."""
+
+    @property
+    def spec(self) -> _Named: ...
+
+
+class _Task(_Scoped, Protocol):
+    @property
+    def partition(self) -> int: ...
+
+
+S = TypeVar("S", bound=_Scoped)
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 class log_context:  # noqa: N801 - used like a function: ``with log_context("counter", 3): ...``
     """Log calls inside are about ``computation`` (and its task for ``partition``)."""
 
     __slots__ = ("value", "token")
+    token: Token[tuple[str, int | None] | None]
 
     def __init__(self, computation: str, partition: int | None = None):
-        self.value = (computation, partition)
+        self.value: tuple[str, int | None] = (computation, partition)
 
     def __enter__(self) -> None:
         self.token = _context.set(self.value)
@@ -40,22 +61,22 @@ class log_context:  # noqa: N801 - used like a function: ``with log_context("cou
         _context.reset(self.token)
 
 
-def scoped(method: F) -> F:
+def scoped(method: Callable[Concatenate[S, P], R]) -> Callable[Concatenate[S, P], R]:
     """Run a method of a task (``self.spec.name``, ``self.partition``) or of a computation's
     runner (``self.spec.name``) inside its log context."""
 
     @functools.wraps(method)
-    def wrapper(self, *args, **kwargs):
+    def wrapper(self: S, /, *args: P.args, **kwargs: P.kwargs) -> R:
         token = _context.set((self.spec.name, getattr(self, "partition", None)))
         try:
             return method(self, *args, **kwargs)
         finally:
             _context.reset(token)
 
-    return wrapper  # type: ignore[return-value]
+    return wrapper
 
 
-def about(task) -> dict[str, object]:
+def about(task: _Task) -> dict[str, object]:
     """``extra=`` for a log call about a task (``.spec.name``, ``.partition``) made outside
     its scoped methods."""
     return {

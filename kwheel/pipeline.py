@@ -5,12 +5,16 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from functools import partial
+from typing import TYPE_CHECKING
 
 from . import rekey
 from . import serde as serdes
 from .computation import Computation
 from .errors import PipelineError, SerdeError
 from .record import Key, Record
+
+if TYPE_CHECKING:
+    from .sources import Source
 
 KeyExtractor = Callable[[Record], Key]
 
@@ -61,7 +65,7 @@ class InjectorSpec:
     """An injector declared in the pipeline: ``kwheel inject module:pipeline NAME`` runs it."""
 
     name: str
-    source: Callable[[], object]  # a zero-argument factory of a kwheel.sources.Source
+    source: Callable[[], Source]  # a zero-argument factory of a kwheel.sources.Source
     outputs: list[str]
     disorder_ms: int  # bounded disorder: the watermark trails the newest timestamp by this
 
@@ -149,7 +153,7 @@ class Pipeline:
         return spec
 
     def injector(
-        self, name: str, source: Callable[[], object], outputs: Iterable[str], disorder_ms: int = 0
+        self, name: str, source: Callable[[], Source], outputs: Iterable[str], disorder_ms: int = 0
     ) -> InjectorSpec:
         """Declare an injector writing ``outputs`` (which become source streams).
 

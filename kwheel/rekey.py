@@ -19,6 +19,7 @@ from .record import Key, Record
 from .state.layout import key_from_tag, key_tag
 
 if TYPE_CHECKING:
+    from .computation import Context
     from .pipeline import KeyExtractor
 
 
@@ -34,7 +35,7 @@ class Rekey(Computation):
         self.key_by = key_by
         self.out = out
 
-    def process_record(self, ctx, record: Record) -> None:
+    def process_record(self, ctx: Context, record: Record) -> None:
         ctx.produce(self.out, self.key_by(record), record.value, record.timestamp)
 
 
@@ -44,6 +45,7 @@ class TagSerde:
     name = "tag"
 
     def encode(self, obj: object) -> bytes:
+        # a Serde takes any object; key_tag itself raises TypeError for one not str or bytes
         return key_tag(obj)  # type: ignore[arg-type]
 
     def decode(self, data: bytes) -> Key:

@@ -6,7 +6,7 @@ import copy
 import io
 import json
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import fastavro
 import orjson
@@ -15,6 +15,9 @@ from fastavro.read import SchemaResolutionError
 from . import registry
 from .errors import SerdeError
 from .registry import redact as _redact
+
+if TYPE_CHECKING:
+    from fastavro.types import Schema
 
 
 class Serde(Protocol):
@@ -79,7 +82,8 @@ class JsonSerde:
 MAGIC = b"\x00"  # first byte of the Confluent wire format, then a 4-byte big-endian schema id
 _HEADER = 5
 
-SchemaSource = str | Path | dict
+#: an ``.avsc`` file, or the schema as JSON data
+SchemaSource = str | Path | dict[str, Any]
 
 
 class AvroSerde:
@@ -125,7 +129,7 @@ class AvroSerde:
         self.subject = subject
         self.name = f"avro+registry:{label}" if registry else f"avro:{label}"
         self._id: int | None = None  # of ``schema`` under ``subject``, once registered
-        self._writers: dict[int, object] = {}  # schema id -> parsed writer schema
+        self._writers: dict[int, Schema] = {}  # schema id -> parsed writer schema
 
     def for_topic(self, topic: str, part: str) -> AvroSerde:
         """This serde for a stream's topic: with a registry, its subject ``<topic>-<part>``."""
@@ -195,7 +199,7 @@ class AvroSerde:
         sid = int.from_bytes(data[1:_HEADER], "big")
         return self._read(data, _HEADER, self._writer(sid), f"schema id {sid}")
 
-    def _writer(self, sid: int) -> object:
+    def _writer(self, sid: int) -> Schema:
         w = self._writers.get(sid)
         if w is not None:
             return w
@@ -216,7 +220,7 @@ class AvroSerde:
         self._writers[sid] = w
         return w
 
-    def _read(self, data: bytes, start: int, writer: object, what: str) -> object:
+    def _read(self, data: bytes, start: int, writer: Schema, what: str) -> object:
         buf = io.BytesIO(data)
         buf.seek(start)
         reader = None if self.reader_schema is writer else self.reader_schema
@@ -242,7 +246,7 @@ def _short(e: Exception, limit: int = 200) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-def _load_schema(source: SchemaSource) -> tuple[dict, Path | None, str]:
+def _load_schema(source: SchemaSource) -> tuple[Schema, Path | None, str]:
     """(schema as JSON data, its file or None, a short label for messages)."""
     if isinstance(source, dict):
         return source, None, str(source.get("name", source.get("type", "schema")))
@@ -255,7 +259,7 @@ def _load_schema(source: SchemaSource) -> tuple[dict, Path | None, str]:
         raise SerdeError(f"invalid Avro schema {path}: {e}") from None
 
 
-def _parse(raw: object, label: str) -> object:
+def _parse(raw: Schema, label: str) -> Schema:
     try:
         return fastavro.parse_schema(raw)
     except Exception as e:  # fastavro raises several types for bad schemas
@@ -273,7 +277,8 @@ def resolve(serde: Serde | str) -> Serde:
     if not isinstance(serde, str):
         return serde
     if serde in ("bytes", "str", "json"):
-        return {"bytes": BYTES, "str": STR, "json": JSON}[serde]
+        named: dict[str, Serde] = {"bytes": BYTES, "str": STR, "json": JSON}
+        return named[serde]
     if serde.startswith("avro:"):
         return AvroSerde(serde[5:])
     if serde.startswith("avro+registry:"):

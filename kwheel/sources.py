@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from hashlib import blake2b
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TextIO, cast
 
 from confluent_kafka import Consumer, KafkaError, KafkaException
 
@@ -25,6 +25,9 @@ from .kafka import clients
 from .record import Key
 from .serde import Serde, resolve
 from .watermarks import MIN_WATERMARK
+
+if TYPE_CHECKING:
+    from .kafka.clients import ConsumedMessage
 
 
 @dataclass
@@ -86,7 +89,7 @@ class Synthetic(_Unacknowledged):
 
     def poll(self, max_records: int) -> list[SourceRecord] | None:
         out = []
-        for r in self._it:
+        for r in cast("Iterator[SourceRecord]", self._it):  # set by open(), called first
             out.append(r)
             if len(out) >= max_records:
                 break
@@ -99,13 +102,16 @@ class JsonLines(_Unacknowledged):
     drops. With several injector processes each takes every n-th line."""
 
     def __init__(
-        self, path: str, key: Callable[[dict], Key], timestamp: Callable[[dict], int] | None = None
+        self,
+        path: str,
+        key: Callable[[dict[str, Any]], Key],
+        timestamp: Callable[[dict[str, Any]], int] | None = None,
     ):
         self.path = path
         self._key = key
         self._timestamp = timestamp
         self._lines: Iterator[tuple[int, str]] | None = None
-        self._file = None
+        self._file: TextIO | None = None
         self._env: SourceEnv | None = None
 
     def open(self, env: SourceEnv) -> None:
@@ -120,9 +126,9 @@ class JsonLines(_Unacknowledged):
         self._lines = enumerate(self._file, start=1)
 
     def poll(self, max_records: int) -> list[SourceRecord] | None:
-        env = self._env
+        env = cast(SourceEnv, self._env)  # both set by open(), called first
         out = []
-        for lineno, line in self._lines:
+        for lineno, line in cast("Iterator[tuple[int, str]]", self._lines):
             if (lineno - 1) % env.instances != env.instance or not line.strip():
                 continue
             try:
@@ -187,7 +193,8 @@ class KafkaTopic:
 
     def poll(self, max_records: int) -> list[SourceRecord] | None:
         out = []
-        for m in self._c.consume(max_records, 0.2):
+        c = cast(Consumer, self._c)  # set by open(), called first
+        for m in cast("list[ConsumedMessage]", c.consume(max_records, 0.2)):
             err = m.error()
             if err is not None:
                 if err.code() == KafkaError._PARTITION_EOF:
@@ -196,7 +203,8 @@ class KafkaTopic:
                 raise KafkaException(err)
             self._at_end.discard(m.partition())
             try:
-                value = self._serde.decode(m.value())
+                # a tombstone (no value) goes to the serde too, as any undecodable value
+                value = self._serde.decode(m.value())  # type: ignore[arg-type]
                 key = self._key(value) if self._key else (m.key() or b"").decode()
                 ts = int(self._timestamp(value)) if self._timestamp else m.timestamp()[1]
             except Exception as e:
@@ -213,7 +221,7 @@ class KafkaTopic:
         return out
 
     def watermark(self) -> int | None:
-        assigned = {tp.partition for tp in self._c.assignment()}
+        assigned = {tp.partition for tp in cast(Consumer, self._c).assignment()}
         if not assigned:
             return None
         busy = [self._newest.get(p, MIN_WATERMARK) for p in assigned if p not in self._at_end]
@@ -224,7 +232,7 @@ class KafkaTopic:
 
     def committed(self) -> None:
         try:
-            self._c.commit(asynchronous=False)
+            cast(Consumer, self._c).commit(asynchronous=False)
         except KafkaException as e:
             if e.args[0].code() != KafkaError._NO_OFFSET:
                 raise

@@ -7,6 +7,8 @@ committed offsets, watermarks and counters from the tasks' latest control record
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
+from typing import Literal, TypedDict
 
 from confluent_kafka import Consumer, TopicPartition
 
@@ -18,10 +20,80 @@ from .watermarks.control import INJECTOR, task_producer_id
 from .watermarks.transport import WatermarkReader
 from .watermarks.upstream import WatermarkTable
 
-SUMMED = ("processed", "duplicates", "late", "dead_lettered", "timers_fired", "pending_timers")
+CounterName = Literal[
+    "processed", "duplicates", "late", "dead_lettered", "timers_fired", "pending_timers"
+]
+SUMMED: tuple[CounterName, ...] = (
+    "processed",
+    "duplicates",
+    "late",
+    "dead_lettered",
+    "timers_fired",
+    "pending_timers",
+)
 
 
-def collect(pipeline: Pipeline, cfg: WorkerConfig) -> dict:
+class Counters(TypedDict):
+    """The task counters ``kwheel status`` shows (SUMMED), from the tasks' control records."""
+
+    processed: int
+    duplicates: int
+    late: int
+    dead_lettered: int
+    timers_fired: int
+    pending_timers: int
+
+
+# Watermarks are shown as ms, "none" (no watermark yet) or "end" (the inputs ended).
+class TaskStatus(Counters):
+    partition: int
+    lag: int
+    low_watermark: int | str | None  # None: the task has not reported yet
+    input_watermark: int | str | None
+    watermark_lag_ms: int | None
+    records_per_s: float
+    reported_at: int | None
+
+
+class ComputationStatus(Counters):
+    name: str
+    lag: int
+    low_watermark: int | str | None  # None until every task has reported
+    watermark_lag_ms: int | None
+    records_per_s: float
+    tasks: list[TaskStatus]
+
+
+class InjectorStatus(TypedDict):
+    producer: str
+    streams: list[str]
+    low_watermark: int | str
+    final: bool
+    sent: int
+    reported_at: int
+
+
+class Status(TypedDict):
+    """What ``collect`` returns (and ``kwheel status --json`` prints)."""
+
+    pipeline: str
+    time: int
+    computations: list[ComputationStatus]
+    injectors: list[InjectorStatus]
+
+
+def _counters(stats: Mapping[str, int]) -> Counters:
+    return {
+        "processed": stats.get("processed", 0),
+        "duplicates": stats.get("duplicates", 0),
+        "late": stats.get("late", 0),
+        "dead_lettered": stats.get("dead_lettered", 0),
+        "timers_fired": stats.get("timers_fired", 0),
+        "pending_timers": stats.get("pending_timers", 0),
+    }
+
+
+def collect(pipeline: Pipeline, cfg: WorkerConfig) -> Status:
     clients.wait_for_broker(cfg)
     table = WatermarkTable()
     reader = WatermarkReader(cfg, pipeline.watermark_topic(), table)
@@ -30,13 +102,13 @@ def collect(pipeline: Pipeline, cfg: WorkerConfig) -> dict:
     finally:
         reader.close()
     now = int(time.time() * 1000)
-    out = {"pipeline": pipeline.name, "time": now, "computations": [], "injectors": []}
+    out: Status = {"pipeline": pipeline.name, "time": now, "computations": [], "injectors": []}
     for name, spec in pipeline.computations.items():
         lag = _lag(pipeline, name, cfg)
-        tasks = []
+        tasks: list[TaskStatus] = []
         for p in range(spec.partitions):
             latest = table.latest(task_producer_id(name, p))
-            task = {
+            task: TaskStatus = {
                 "partition": p,
                 "lag": lag.get(p, 0),
                 "low_watermark": None,
@@ -44,27 +116,26 @@ def collect(pipeline: Pipeline, cfg: WorkerConfig) -> dict:
                 "watermark_lag_ms": None,
                 "records_per_s": 0.0,
                 "reported_at": None,
+                **_counters({} if latest is None else latest.stats),
             }
-            task.update({k: 0 for k in SUMMED})
             if latest is not None:
-                task.update({k: latest.stats.get(k, 0) for k in SUMMED})
                 task["low_watermark"] = _wm(latest.watermark)
                 task["input_watermark"] = _wm(latest.input_watermark)
                 task["watermark_lag_ms"] = _lag_ms(now, latest.watermark)
                 task["records_per_s"] = _rate(table, task_producer_id(name, p))
                 task["reported_at"] = latest.wall_time
             tasks.append(task)
-        known = [t["low_watermark"] for t in tasks]
-        low = None if any(w is None for w in known) else min(known, key=_order)
-        comp = {
+        known = [w for t in tasks if (w := t["low_watermark"]) is not None]
+        low = None if len(known) < len(tasks) else min(known, key=_order)
+        comp: ComputationStatus = {
             "name": name,
             "lag": sum(t["lag"] for t in tasks),
             "low_watermark": low,
             "watermark_lag_ms": None if low is None or isinstance(low, str) else now - low,
             "records_per_s": round(sum(t["records_per_s"] for t in tasks), 1),
             "tasks": tasks,
+            **_counters({k: sum(t[k] for t in tasks) for k in SUMMED}),
         }
-        comp.update({k: sum(t[k] for t in tasks) for k in SUMMED})
         out["computations"].append(comp)
     for pid, dq in sorted(table.entries.items()):
         c = dq[-1]
@@ -134,8 +205,8 @@ def _lag(pipeline: Pipeline, computation: str, cfg: WorkerConfig) -> dict[int, i
         c.close()
     # Offsets count transaction markers too: a partition whose only "records" past the
     # committed offset are markers is not behind. Read one record to tell.
-    for tp in _only_markers(cfg, starts):
-        behind.pop(tp)
+    for marked in _only_markers(cfg, starts):
+        behind.pop(marked)
     lag: dict[int, int] = {}
     for (_, p), n in behind.items():
         lag[p] = lag.get(p, 0) + n
@@ -163,7 +234,7 @@ def _only_markers(cfg: WorkerConfig, starts: dict[tuple[str, int], int]) -> list
         r.close()
 
 
-def render(status: dict) -> str:
+def render(status: Status) -> str:
     """A human table: one line per computation, then its tasks."""
     now = status["time"]
     cols = (
@@ -194,7 +265,7 @@ def render(status: dict) -> str:
     return "\n".join(lines)
 
 
-def _row(label: str, d: dict) -> str:
+def _row(label: str, d: ComputationStatus | TaskStatus) -> str:
     wl = d.get("watermark_lag_ms")
     cells = (
         d["lag"],

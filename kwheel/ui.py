@@ -15,7 +15,7 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -197,14 +197,14 @@ class _Server6(ThreadingHTTPServer):
 class StatusCache:
     """At most one status collection per ``max_age_s``, shared by every request."""
 
-    def __init__(self, fetch: Callable[[], dict], max_age_s: float = CACHE_S):
+    def __init__(self, fetch: Callable[[], Mapping[str, object]], max_age_s: float = CACHE_S):
         self.fetch = fetch
         self.max_age_s = max_age_s
         self._lock = threading.Lock()
         self._at = float("-inf")
-        self._value: tuple[int, dict] = (503, {"error": "not collected yet"})
+        self._value: tuple[int, Mapping[str, object]] = (503, {"error": "not collected yet"})
 
-    def get(self) -> tuple[int, dict]:
+    def get(self) -> tuple[int, Mapping[str, object]]:
         with self._lock:
             if time.monotonic() - self._at >= self.max_age_s:
                 try:
@@ -223,7 +223,7 @@ def make_server(
     cfg: WorkerConfig,
     host: str = "127.0.0.1",
     port: int = 8080,
-    fetch: Callable[[], dict] | None = None,
+    fetch: Callable[[], Mapping[str, object]] | None = None,
 ) -> ThreadingHTTPServer:
     """An HTTP server for the page (not started: call serve_forever)."""
     from .status import collect

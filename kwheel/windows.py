@@ -49,6 +49,8 @@ Acc = TypeVar("Acc")
 WINDOW_PREFIX = "kwheel.window/"
 #: state name of a key's list of session windows (sessions must be found to be merged)
 SESSIONS = "kwheel.sessions"
+#: what is stored under SESSIONS: the (start, end) of each session, in start order
+SessionIndex = tuple[tuple[int, int], ...]
 
 
 @dataclass(frozen=True, order=True, slots=True)
@@ -306,25 +308,28 @@ class WindowedAggregation(Computation, Generic[Acc]):
                 continue  # dropped (or about to be, by its pending timer): too late for it
             taken = True
             tag = window.tag
-            acc = ctx.state[tag] if tag in ctx.state else self.initial()
-            self._update(ctx, assigner, window, self.add(acc, record))  # type: ignore[arg-type]
+            acc: Acc = ctx.state[tag] if tag in ctx.state else self.initial()
+            self._update(ctx, assigner, window, self.add(acc, record))
         if windows and not taken:
             self.late(ctx, record)
 
     def _process_session(self, ctx: Context, record: Record, assigner: WindowAssigner) -> None:
         wm = ctx.low_watermark
-        index = [Window(s, e) for s, e in ctx.state.get(SESSIONS, ())]  # type: ignore[union-attr]
+        stored: SessionIndex = ctx.state.get(SESSIONS, ())
+        index = [Window(s, e) for s, e in stored]
         # sessions past their lateness wait for their timer to drop them; they never merge again
         live = [s for s in index if wm < assigner.closes_at(s)]
         merged, absorbed = merge_sessions(live, assigner.assign(record.timestamp)[0])
         if wm >= assigner.closes_at(merged):
             self.late(ctx, record)
             return
-        acc: Any = None
-        for i, s in enumerate(absorbed):
-            part = ctx.state[s.tag]
-            acc = part if i == 0 else self.merge(acc, part)
-        acc = self.add(self.initial() if not absorbed else acc, record)
+        if absorbed:
+            acc: Acc = ctx.state[absorbed[0].tag]
+            for s in absorbed[1:]:
+                acc = self.merge(acc, ctx.state[s.tag])
+        else:
+            acc = self.initial()
+        acc = self.add(acc, record)
         for s in absorbed:
             if s != merged:
                 del ctx.state[s.tag]
@@ -341,7 +346,7 @@ class WindowedAggregation(Computation, Generic[Acc]):
         if ctx.low_watermark >= fires_at:
             # complete already: a late firing (or the first one, if its timer is still due);
             # the timer moves to the end of lateness, so the window is not emitted twice
-            self.emit(_EmitContext(ctx, fires_at), window, acc)  # type: ignore[arg-type]
+            self.emit(_EmitContext(ctx, fires_at), window, acc)
             ctx.set_timer(tag, assigner.closes_at(window))
         else:
             ctx.set_timer(tag, fires_at)
@@ -353,18 +358,15 @@ class WindowedAggregation(Computation, Generic[Acc]):
         assigner = self._assigner()
         fires_at = assigner.fires_at(window)
         if timer.timestamp == fires_at:
-            self.emit(_EmitContext(ctx, fires_at), window, ctx.state[timer.tag])  # type: ignore[arg-type]
+            self.emit(_EmitContext(ctx, fires_at), window, ctx.state[timer.tag])
             closes_at = assigner.closes_at(window)
             if ctx.low_watermark < closes_at:
                 ctx.set_timer(timer.tag, closes_at)  # keep the state for late records
                 return
         del ctx.state[timer.tag]
         if assigner.merging:
-            left = tuple(
-                (s, e)
-                for s, e in ctx.state.get(SESSIONS, ())
-                if (s, e) != (window.start, window.end)
-            )  # type: ignore[union-attr]
+            stored: SessionIndex = ctx.state.get(SESSIONS, ())
+            left = tuple((s, e) for s, e in stored if (s, e) != (window.start, window.end))
             if left:
                 ctx.state[SESSIONS] = left
             elif SESSIONS in ctx.state:

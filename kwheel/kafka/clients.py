@@ -5,8 +5,10 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Sequence
+from typing import Any, Protocol
 
-from confluent_kafka import KafkaException
+from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
 
 from ..config import WorkerConfig
@@ -23,16 +25,42 @@ KAFKA_LOG = logging.getLogger("kwheel.librdkafka")
 
 log = logging.getLogger("kwheel.kafka")
 
+#: librdkafka configuration properties, as confluent-kafka's clients take them
+Config = dict[str, Any]
 
-def base_config(cfg: WorkerConfig) -> dict:
-    conf = {"bootstrap.servers": cfg.bootstrap_servers, "log_level": 3}
+
+class ConsumedMessage(Protocol):
+    """A message ``Consumer.consume`` returned, record or partition EOF event: its topic,
+    partition and offset are set (confluent-kafka types every accessor Optional, as they
+    are not on messages built by hand or on errors that concern no partition, which kwheel
+    raises before looking at them)."""
+
+    def topic(self) -> str: ...
+
+    def partition(self) -> int: ...
+
+    def offset(self) -> int: ...
+
+    def key(self) -> bytes | None: ...
+
+    def value(self) -> bytes | None: ...
+
+    def timestamp(self) -> tuple[int, int]: ...
+
+    def headers(self) -> Sequence[tuple[str, bytes | None]] | None: ...
+
+    def error(self) -> KafkaError | None: ...
+
+
+def base_config(cfg: WorkerConfig) -> Config:
+    conf: Config = {"bootstrap.servers": cfg.bootstrap_servers, "log_level": 3}
     if cfg.log_format == "json":  # librdkafka's own lines through logging: JSON too
         conf["logger"] = KAFKA_LOG
     conf.update(cfg.kafka)
     return conf
 
 
-def transactional_producer_config(cfg: WorkerConfig, transactional_id: str) -> dict:
+def transactional_producer_config(cfg: WorkerConfig, transactional_id: str) -> Config:
     conf = base_config(cfg)
     conf.update(
         {
@@ -49,14 +77,14 @@ def transactional_producer_config(cfg: WorkerConfig, transactional_id: str) -> d
     return conf
 
 
-def producer_config(cfg: WorkerConfig) -> dict:
+def producer_config(cfg: WorkerConfig) -> Config:
     """Idempotent (not transactional) producer, for injection."""
     conf = base_config(cfg)
     conf.update({"enable.idempotence": True, "partitioner": PARTITIONER, "linger.ms": 5})
     return conf
 
 
-def group_consumer_config(cfg: WorkerConfig, group_id: str, instance_id: str | None) -> dict:
+def group_consumer_config(cfg: WorkerConfig, group_id: str, instance_id: str | None) -> Config:
     conf = base_config(cfg)
     conf.update(
         {
@@ -85,7 +113,7 @@ def group_consumer_config(cfg: WorkerConfig, group_id: str, instance_id: str | N
     return conf
 
 
-def reader_config(cfg: WorkerConfig) -> dict:
+def reader_config(cfg: WorkerConfig) -> Config:
     """A group-less read_committed consumer used with assign() (restore, verification)."""
     conf = base_config(cfg)
     conf.update(

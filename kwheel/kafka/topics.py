@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from confluent_kafka import KafkaError, KafkaException
-from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
+from confluent_kafka.admin import AdminClient, ConfigEntry, ConfigResource, NewTopic
 
 from ..errors import BrokerError, TopicMismatchError
 from ..pipeline import Pipeline
@@ -66,13 +66,13 @@ def check_topics(client: AdminClient, pipeline: Pipeline) -> None:
             _check_delete_retention(res.name, need[res.name][1], have)
 
 
-def _check_delete_retention(name: str, conf: dict[str, str], have: dict) -> None:
+def _check_delete_retention(name: str, conf: dict[str, str], have: dict[str, ConfigEntry]) -> None:
     """A topic keeping tombstones shorter than kwheel sets could hand a restore a store
     that missed deletes (see kwheel.state.restore.STALE_AFTER_MS); longer is fine."""
     want = conf.get("delete.retention.ms")
     entry = have.get("delete.retention.ms")
-    if want is None or entry is None:
-        return
+    if want is None or entry is None or entry.value is None:
+        return  # nothing wanted, or nothing reported to check against
     try:
         value = int(entry.value)
     except (TypeError, ValueError):

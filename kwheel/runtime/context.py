@@ -6,7 +6,8 @@ copy and outputs in a list, so a call that raises leaves no trace in the batch.
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import ItemsView, Iterator
+from typing import Any, Literal
 
 from ..ids import derive
 from ..kafka.writer import Message, StreamWriter
@@ -23,22 +24,23 @@ class KeyState:
 
     __slots__ = ("_data", "_owned", "changed")
 
-    def __init__(self, data: dict):
+    def __init__(self, data: dict[str, object]):
         self._data = data
         self._owned = False
         self.changed = False
 
-    def _own(self) -> dict:
+    def _own(self) -> dict[str, object]:
         if not self._owned:
             self._data = dict(self._data)
             self._owned = True
         self.changed = True
         return self._data
 
-    def get(self, name: str, default: object = None) -> object:
+    # reads are Any, as in the State protocol it implements: values are whatever user code stored
+    def get(self, name: str, default: object = None) -> Any:
         return self._data.get(name, default)
 
-    def __getitem__(self, name: str) -> object:
+    def __getitem__(self, name: str) -> Any:
         return self._data[name]
 
     def __setitem__(self, name: str, value: object) -> None:
@@ -55,13 +57,13 @@ class KeyState:
     def __len__(self) -> int:
         return len(self._data)
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[str]:
         return iter(self._data)
 
-    def items(self):
+    def items(self) -> ItemsView[str, object]:
         return self._data.items()
 
-    def pop(self, name: str, default: object = _MISSING) -> object:
+    def pop(self, name: str, default: object = _MISSING) -> Any:
         if name in self._data:
             return self._own().pop(name)
         if default is _MISSING:
@@ -72,7 +74,7 @@ class KeyState:
         if self._data:
             self._own().clear()
 
-    def snapshot(self) -> dict:
+    def snapshot(self) -> dict[str, object]:
         return self._data
 
     def release(self) -> None:

@@ -13,6 +13,7 @@ import logging
 import math
 import time
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from confluent_kafka import TopicPartition
 from prometheus_client import CollectorRegistry, Histogram, start_http_server
@@ -22,6 +23,13 @@ from prometheus_client.registry import Collector
 from .. import __version__
 from ..errors import ConfigError
 from ..watermarks import MAX_WATERMARK, MIN_WATERMARK
+
+if TYPE_CHECKING:
+    from wsgiref.simple_server import WSGIServer
+
+    from prometheus_client.metrics_core import Metric
+
+    from .runner import ComputationRunner
 
 log = logging.getLogger("kwheel.metrics")
 
@@ -67,7 +75,7 @@ class WorkerMetrics:
     def __init__(self, pipeline: str, slot: str | None):
         self.pipeline = pipeline
         self.slot = slot or ""
-        self.runners: list = []  # ComputationRunner, set once the worker made them
+        self.runners: list[ComputationRunner] = []  # set once the worker made them
         self.lag: dict[tuple[str, int], int] = {}  # (computation, partition) -> records behind
         self.registry = CollectorRegistry(auto_describe=False)
         labels = ["pipeline", "computation"]
@@ -86,7 +94,7 @@ class WorkerMetrics:
             buckets=BUCKETS,
         )
         self.registry.register(_TaskCollector(self))
-        self._server = None
+        self._server: WSGIServer | None = None
 
     # ---- called by the worker's thread -----------------------------------------------------
     def committed(self, computation: str, began: float, started: float, ended: float) -> None:
@@ -94,7 +102,7 @@ class WorkerMetrics:
         self.batch.labels(self.pipeline, computation).observe(max(0.0, ended - began))
         self.commit.labels(self.pipeline, computation).observe(ended - started)
 
-    def ticked(self, runner, positions: dict[tuple[str, int], int]) -> None:
+    def ticked(self, runner: ComputationRunner, positions: dict[tuple[str, int], int]) -> None:
         """Consumer lag per task: cached high watermark (no broker request) minus position."""
         name = runner.spec.name
         for p in list(runner.tasks):
@@ -138,12 +146,15 @@ class _TaskCollector(Collector):
     def __init__(self, metrics: WorkerMetrics):
         self.m = metrics
 
-    def collect(self) -> Iterator:
+    def collect(self) -> Iterator[Metric]:
         m = self.m
         counters = {
             f: CounterMetricFamily(n, h, labels=TASK_LABELS) for f, (n, h) in COUNTERS.items()
         }
-        gauge = lambda name, doc: GaugeMetricFamily(name, doc, labels=TASK_LABELS)  # noqa: E731
+
+        def gauge(name: str, doc: str) -> GaugeMetricFamily:
+            return GaugeMetricFamily(name, doc, labels=TASK_LABELS)
+
         lag = gauge(
             "kwheel_consumer_lag_records",
             "Input records after the task's position (high watermark minus "

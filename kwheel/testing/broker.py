@@ -38,7 +38,8 @@ def noida_binary() -> Path:
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]  # (host, port) of an AF_INET socket
+        return port
 
 
 class EmbeddedBroker:
@@ -58,7 +59,7 @@ class EmbeddedBroker:
         self.port = port or free_port()
         self.bootstrap = f"127.0.0.1:{self.port}"
         self.log_path = Path(log_path) if log_path else self.data_dir / "broker.log"
-        self.proc: subprocess.Popen | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout_s: float = 30.0) -> EmbeddedBroker:
         self.data_dir.mkdir(parents=True, exist_ok=True)

@@ -10,6 +10,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import cast
 
 from ..config import WorkerConfig
 from ..errors import KwheelError
@@ -110,8 +111,9 @@ class PipelineRun:
         """Raise if a worker died (with the end of its log): waiting on it would only time out."""
         for w in self.workers:
             if not w.alive():
+                proc = cast("subprocess.Popen[bytes]", w.proc)  # workers here were started
                 raise KwheelError(
-                    f"worker {w.log_path.stem} exited with {w.proc.returncode}; "
+                    f"worker {w.log_path.stem} exited with {proc.returncode}; "
                     f"log {w.log_path}:\n{w.log()[-3000:]}"
                 )
 
@@ -186,14 +188,16 @@ class PipelineRun:
             key = None if r.key is None else s.key_serde.decode(r.key)
             value = None if r.value is None else s.value_serde.decode(r.value)
             rid = next((v for k, v in r.headers if k == ID_HEADER), b"")
-            out.append(Record(key, value, r.timestamp, rid, stream))
+            # the key as the stream's key serde decodes it (None for a keyless record), the
+            # id as its header holds it (None for a null header): not checked here
+            out.append(Record(key, value, r.timestamp, rid, stream))  # type: ignore[arg-type]
         return out
 
     def output_watermark(self, computation: str) -> int:
         """min over the computation's tasks of the watermark they last published."""
         latest: dict[str, int] = {}
         for r in read_committed(self.bootstrap, self.pipeline.watermark_topic()):
-            c = Control.decode(r.value)
+            c = Control.decode(cast(bytes, r.value))  # every control record has a value
             latest[c.producer] = c.watermark
         spec = self.pipeline.computations[computation]
         return min(
@@ -218,7 +222,7 @@ class PipelineRun:
     def wait_for_outputs(self, stream: str, n: int, timeout_s: float = 120.0) -> list[Record]:
         """Wait until ``stream`` holds at least ``n`` committed records; return them."""
 
-        def enough():
+        def enough() -> list[Record] | None:
             self.check_workers()
             out = self.outputs(stream)
             return out if len(out) >= n else None

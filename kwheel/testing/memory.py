@@ -17,6 +17,13 @@ from confluent_kafka import TIMESTAMP_CREATE_TIME, KafkaError, KafkaException, T
 from ..errors import KwheelError
 from ..kafka.partitioner import partition_for
 
+Headers = list[tuple[str, bytes]]
+#: called once a produced record is committed: (error, the record), as confluent-kafka does
+DeliveryCallback = Callable[[KafkaError | None, "MemoryMessage"], object]
+# a produced record until its transaction commits:
+# (topic, partition, key, value, timestamp, headers, on_delivery)
+_Pending = tuple[str, int, bytes | None, bytes | None, int, Headers | None, DeliveryCallback | None]
+
 
 class MemoryMessage:
     """One committed record, with confluent-kafka's ``Message`` accessors."""
@@ -147,7 +154,7 @@ class MemoryProducer:
         self.transactional_id = transactional_id
         self._clock = clock
         self._in_txn = False
-        self._records: list[tuple] = []
+        self._records: list[_Pending] = []
         self._offsets: list[tuple[str, str, int, int]] = []
         self.commits = 0
         self.aborts = 0
@@ -181,9 +188,9 @@ class MemoryProducer:
         value: bytes | None = None,
         key: bytes | None = None,
         partition: int = -1,
-        on_delivery: Callable | None = None,
+        on_delivery: DeliveryCallback | None = None,
         timestamp: int = 0,
-        headers: list | None = None,
+        headers: Headers | None = None,
     ) -> None:
         if not self._in_txn:
             raise _state_error(

@@ -9,11 +9,14 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar, cast
+
+T = TypeVar("T")
 
 
 def wait_until(
-    predicate: Callable[[], object], timeout_s: float, what: str, interval_s: float = 0.1
-) -> object:
+    predicate: Callable[[], T | None], timeout_s: float, what: str, interval_s: float = 0.1
+) -> T:
     """Poll ``predicate`` until it returns something truthy; TimeoutError naming ``what``."""
     deadline = time.monotonic() + timeout_s
     while True:
@@ -54,7 +57,7 @@ class WorkerProcess:
         self.args += extra_args or []
         self.env = dict(os.environ, **(env or {}))
         self.log_path = Path(log_path)
-        self.proc: subprocess.Popen | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> WorkerProcess:
         with open(self.log_path, "ab") as log:
@@ -80,14 +83,16 @@ class WorkerProcess:
     def kill(self) -> None:
         """SIGKILL: no commit, no goodbye."""
         if self.alive():
+            assert self.proc is not None  # alive() says so
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait(10)
 
+    # pause() and resume() are for started workers
     def pause(self) -> None:
-        self.proc.send_signal(signal.SIGSTOP)
+        cast("subprocess.Popen[bytes]", self.proc).send_signal(signal.SIGSTOP)
 
     def resume(self) -> None:
-        self.proc.send_signal(signal.SIGCONT)
+        cast("subprocess.Popen[bytes]", self.proc).send_signal(signal.SIGCONT)
 
     def stop(self, timeout_s: float = 60.0) -> int:
         """SIGTERM and wait: the worker commits its batch and leaves its groups."""

@@ -14,13 +14,27 @@ conftest's ``pytest_plugins``; ``-p no:kwheel.testing.pytest_plugin`` turns it o
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
 import pytest
 
 # kwheel's modules are imported inside the fixtures: this plugin loads in every pytest run
 # of an environment where kwheel is installed, most of which never use it.
+if TYPE_CHECKING:
+    from ..pipeline import Pipeline
+    from .driver import PipelineDriver
+    from .endtoend import PipelineRun
+
+
+class KafkaBroker(Protocol):
+    """What ``kwheel_kafka`` gives (and what an override of it must give)."""
+
+    @property
+    def bootstrap(self) -> str:
+        """host:port[,host:port]"""
 
 
 @dataclass(frozen=True)
@@ -29,7 +43,7 @@ class ExternalKafka:
 
 
 @pytest.fixture(scope="session")
-def kwheel_kafka(tmp_path_factory):
+def kwheel_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
     """A Kafka-protocol broker for the whole session."""
     external = os.environ.get("KWHEEL_TEST_BOOTSTRAP")
     if external:
@@ -45,13 +59,13 @@ def kwheel_kafka(tmp_path_factory):
 
 
 @pytest.fixture
-def kwheel_driver(tmp_path):
+def kwheel_driver(tmp_path: Path) -> Iterator[Callable[..., PipelineDriver]]:
     """``kwheel_driver(pipeline, only=None, wall_clock_ms=None, config=None)`` -> PipelineDriver."""
     from .driver import PipelineDriver
 
     made: list[PipelineDriver] = []
 
-    def make(pipeline, **kwargs) -> PipelineDriver:
+    def make(pipeline: Pipeline, **kwargs: Any) -> PipelineDriver:
         kwargs.setdefault("state_dir", tmp_path / f"driver-{len(made)}")
         d = PipelineDriver(pipeline, **kwargs)
         made.append(d)
@@ -63,7 +77,9 @@ def kwheel_driver(tmp_path):
 
 
 @pytest.fixture
-def kwheel_pipeline_runner(kwheel_kafka, tmp_path, request):
+def kwheel_pipeline_runner(
+    kwheel_kafka: KafkaBroker, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[Callable[..., PipelineRun]]:
     """``kwheel_pipeline_runner(pipeline, ref, env=None)`` -> PipelineRun on ``kwheel_kafka``.
 
     ``ref`` (``module:attribute``) is how worker processes load the same pipeline; the
@@ -72,7 +88,7 @@ def kwheel_pipeline_runner(kwheel_kafka, tmp_path, request):
 
     made: list[PipelineRun] = []
 
-    def make(pipeline, ref: str, env: dict[str, str] | None = None) -> PipelineRun:
+    def make(pipeline: Pipeline, ref: str, env: dict[str, str] | None = None) -> PipelineRun:
         run = PipelineRun(
             kwheel_kafka.bootstrap,
             pipeline,

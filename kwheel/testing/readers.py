@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, cast
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from ..kafka.writer import ID_HEADER
+
+if TYPE_CHECKING:
+    from ..kafka.clients import ConsumedMessage
 
 
 @dataclass(frozen=True)
@@ -18,7 +22,7 @@ class CommittedRecord:
     id: bytes | None
     partition: int
     offset: int
-    headers: tuple
+    headers: tuple[tuple[str, bytes | None], ...]
 
 
 def read_committed(bootstrap: str, topic: str, timeout_s: float = 30.0) -> list[CommittedRecord]:
@@ -49,7 +53,7 @@ def read_committed(bootstrap: str, topic: str, timeout_s: float = 30.0) -> list[
                 raise TimeoutError(
                     f"reading {topic}: partitions {sorted(todo)} did not reach their end in {timeout_s}s"
                 )
-            for m in c.consume(10000, 0.5):
+            for m in cast("list[ConsumedMessage]", c.consume(10000, 0.5)):
                 err = m.error()
                 if err is not None:
                     if err.code() == KafkaError._PARTITION_EOF:
@@ -91,7 +95,7 @@ class CommittedTail:
 
     def poll(self, timeout_s: float = 0.5) -> list[CommittedRecord]:
         out = []
-        for m in self._c.consume(100_000, timeout_s):
+        for m in cast("list[ConsumedMessage]", self._c.consume(100_000, timeout_s)):
             if m.error() is None:
                 hdrs = tuple(m.headers() or ())
                 rid = next((v for k, v in hdrs if k == ID_HEADER), None)

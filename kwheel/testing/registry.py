@@ -24,6 +24,7 @@ import base64
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, cast
 from urllib.parse import unquote, urlsplit
 
 CONTENT_TYPE = "application/vnd.schemaregistry.v1+json"
@@ -66,7 +67,7 @@ class TestRegistry:
         self.stop()
 
     # ---- the API, as plain functions of (method, path, body) -> (status, body) ------------
-    def handle(self, method: str, path: str, body: dict | None) -> tuple[int, object]:
+    def handle(self, method: str, path: str, body: dict[str, Any] | None) -> tuple[int, object]:
         parts = [unquote(p) for p in urlsplit(path).path.strip("/").split("/")]
         with self._lock:
             self.requests.append((method, path))
@@ -116,7 +117,7 @@ class TestRegistry:
             404, f"HTTP 404 Not Found: {method} {path} is not implemented by the test registry"
         )
 
-    def _register(self, subject: str, body: dict) -> tuple[int, object]:
+    def _register(self, subject: str, body: dict[str, Any]) -> tuple[int, object]:
         schema, stype = body.get("schema"), body.get("schemaType", "AVRO")
         if not isinstance(schema, str):
             return 422, _error(42201, "Invalid schema: no schema string")
@@ -133,7 +134,7 @@ class TestRegistry:
             versions.append(sid)
         return 200, {"id": sid}
 
-    def _lookup(self, subject: str, body: dict) -> tuple[int, object]:
+    def _lookup(self, subject: str, body: dict[str, Any]) -> tuple[int, object]:
         versions = self._subjects.get(subject)
         if versions is None:
             return 404, _error(40401, f"Subject '{subject}' not found.")
@@ -145,7 +146,7 @@ class TestRegistry:
             return 404, _error(40403, "Schema not found")
         return 200, self._version(subject, versions.index(sid) + 1)
 
-    def _version(self, subject: str, version: int) -> dict:
+    def _version(self, subject: str, version: int) -> dict[str, object]:
         sid = self._subjects[subject][version - 1]
         return {
             "subject": subject,
@@ -159,12 +160,12 @@ def _canonical(schema: str) -> str:
     return json.dumps(json.loads(schema), sort_keys=True, separators=(",", ":"))
 
 
-def _schema_body(schema: str, stype: str) -> dict:
+def _schema_body(schema: str, stype: str) -> dict[str, str]:
     # like Confluent's registry: schemaType is left out for Avro
     return {"schema": schema} if stype == "AVRO" else {"schema": schema, "schemaType": stype}
 
 
-def _error(code: int, message: str) -> dict:
+def _error(code: int, message: str) -> dict[str, object]:
     return {"error_code": code, "message": message}
 
 
@@ -187,7 +188,7 @@ def _handler(registry: TestRegistry) -> type[BaseHTTPRequestHandler]:
             self._reply(status, out)
 
         def _authorised(self) -> bool:
-            user, password = registry.auth  # type: ignore[misc]
+            user, password = cast("tuple[str, str]", registry.auth)  # _serve checked it is set
             want = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
             return self.headers.get("Authorization") == want
 

@@ -6,6 +6,7 @@ import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypedDict, cast
 
 import fastavro
 
@@ -26,6 +27,29 @@ TASK = "TASK"
 INJECTOR = "INJECTOR"
 
 
+class _Position(TypedDict):
+    topic: str
+    partition: int
+    offset: int
+
+
+class _ControlRecord(TypedDict):
+    """A control as fastavro writes and reads it (``schemas/watermark.avsc``)."""
+
+    producer: str
+    kind: str
+    streams: list[str]
+    watermark: int
+    input_watermark: int
+    positions: list[_Position]
+    final: bool
+    wall_time: int
+    stats: dict[str, int]
+    incarnation: int
+    announce: bool
+    owner: str
+
+
 @dataclass
 class Control:
     producer: str
@@ -43,34 +67,32 @@ class Control:
 
     def encode(self) -> bytes:
         buf = io.BytesIO()
-        fastavro.schemaless_writer(
-            buf,
-            _SCHEMA,
-            {
-                "producer": self.producer,
-                "kind": self.kind,
-                "streams": self.streams,
-                "watermark": self.watermark,
-                "input_watermark": self.input_watermark,
-                "positions": [
-                    {"topic": t, "partition": p, "offset": o} for t, p, o in self.positions
-                ],
-                "final": self.final,
-                "wall_time": self.wall_time,
-                "stats": self.stats,
-                "incarnation": self.incarnation,
-                "announce": self.announce,
-                "owner": self.owner,
-            },
-        )
+        record: _ControlRecord = {
+            "producer": self.producer,
+            "kind": self.kind,
+            "streams": self.streams,
+            "watermark": self.watermark,
+            "input_watermark": self.input_watermark,
+            "positions": [{"topic": t, "partition": p, "offset": o} for t, p, o in self.positions],
+            "final": self.final,
+            "wall_time": self.wall_time,
+            "stats": self.stats,
+            "incarnation": self.incarnation,
+            "announce": self.announce,
+            "owner": self.owner,
+        }
+        fastavro.schemaless_writer(buf, _SCHEMA, record)
         return buf.getvalue()
 
     @classmethod
     def decode(cls, data: bytes) -> Control:
+        # fastavro types what it reads as any Avro value; the schema makes it this record
         try:
-            d = fastavro.schemaless_reader(io.BytesIO(data), _SCHEMA)
+            d = cast(_ControlRecord, fastavro.schemaless_reader(io.BytesIO(data), _SCHEMA))
         except (EOFError, ValueError, IndexError):
-            d = fastavro.schemaless_reader(io.BytesIO(data), _SCHEMA_V1, _SCHEMA)
+            d = cast(
+                _ControlRecord, fastavro.schemaless_reader(io.BytesIO(data), _SCHEMA_V1, _SCHEMA)
+            )
         return cls(
             producer=d["producer"],
             kind=d["kind"],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import TYPE_CHECKING, cast
 
 from confluent_kafka import (
     Consumer,
@@ -20,6 +21,9 @@ from ..errors import BrokerError
 from ..kafka import clients
 from .control import Control
 from .upstream import WatermarkTable
+
+if TYPE_CHECKING:
+    from ..kafka.clients import ConsumedMessage
 
 log = logging.getLogger("kwheel.watermarks")
 
@@ -38,7 +42,7 @@ class WatermarkReader:
 
     def poll(self, timeout_s: float = 0.0) -> int:
         n = 0
-        for m in self._c.consume(10000, timeout_s):
+        for m in cast("list[ConsumedMessage]", self._c.consume(10000, timeout_s)):
             err = m.error()
             if err is not None:
                 if err.code() == KafkaError._PARTITION_EOF:
@@ -46,7 +50,7 @@ class WatermarkReader:
                     continue
                 raise KafkaException(err)
             try:
-                self.table.add(Control.decode(m.value()))
+                self.table.add(Control.decode(m.value() or b""))  # a tombstone is malformed too
                 n += 1
             except Exception as e:  # a foreign or corrupt record must not stop the pipeline
                 log.warning(
