@@ -16,9 +16,9 @@ import tempfile
 import time
 
 from kwheel.config import WorkerConfig
+from kwheel.injector import run_injector
 from kwheel.kafka.clients import wait_for_broker
 from kwheel.kafka.topics import create_topics
-from kwheel.runtime.inject import run_injector
 from kwheel.testing.broker import EmbeddedBroker
 from kwheel.testing.readers import CommittedTail
 from kwheel.watermarks import MAX_WATERMARK, MIN_WATERMARK
