@@ -8,7 +8,7 @@ import socket
 import time
 
 from ..config import WorkerConfig
-from ..kafka.producer import StreamProducer
+from ..kafka.writer import StreamProducer
 from ..pipeline import Pipeline
 from ..record import Key
 from ..watermarks import MAX_WATERMARK, MIN_WATERMARK
