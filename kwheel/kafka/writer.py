@@ -121,8 +121,10 @@ def send(producer: Producer, messages: list[Message]) -> None:
 
 class StreamProducer:
     def __init__(self, pipeline: Pipeline, cfg: WorkerConfig):
-        registry.configure_from(cfg)  # Avro serdes create their registry client on first use
-        self._writer = StreamWriter(pipeline)
+        # Avro serdes declared with registry=True use the configured registry (kwheel.registry)
+        self._writer = StreamWriter(
+            registry.bind(pipeline, registry.SchemaRegistry.from_config(cfg))
+        )
         self._errors: list[str] = []
         conf = clients.producer_config(cfg)
         conf["error_cb"] = lambda err: self._errors.append(err.str())
