@@ -21,6 +21,9 @@ from urllib.parse import urlsplit, urlunsplit
 from .errors import RegistryError
 
 if TYPE_CHECKING:
+    from confluent_kafka.schema_registry import SchemaRegistryClient
+
+    from .config import WorkerConfig
     from .pipeline import Pipeline
     from .serde import Serde
 
@@ -32,15 +35,15 @@ class SchemaRegistry:
         self.url = url
         self.auth = auth
         self._lock = threading.Lock()
-        self._client: object | None = None
+        self._client: SchemaRegistryClient | None = None
 
     @classmethod
-    def from_config(cls, cfg: object) -> SchemaRegistry | None:
-        """The registry of a WorkerConfig, or None if it names none."""
-        url = getattr(cfg, "schema_registry_url", None)
-        return cls(url, getattr(cfg, "schema_registry_auth", None)) if url else None
+    def from_config(cls, cfg: WorkerConfig) -> SchemaRegistry | None:
+        """The registry of a worker's configuration, or None if it names none."""
+        url = cfg.schema_registry_url
+        return cls(url, cfg.schema_registry_auth) if url else None
 
-    def client(self):
+    def client(self) -> SchemaRegistryClient:
         """confluent-kafka's SchemaRegistryClient for this registry, created on first use."""
         with self._lock:
             if self._client is None:
