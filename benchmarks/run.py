@@ -50,8 +50,8 @@ from kwheel.ids import new_id
 from kwheel.injector import Injector
 from kwheel.kafka import clients
 from kwheel.kafka.partitioner import partition_for
-from kwheel.kafka.producer import StreamProducer
 from kwheel.kafka.topics import create_topics
+from kwheel.kafka.writer import StreamProducer
 from kwheel.state import layout
 from kwheel.watermarks import MAX_WATERMARK, MIN_WATERMARK
 from kwheel.watermarks.control import task_producer_id

@@ -10,6 +10,7 @@ from .errors import KwheelError
 from .pipeline import Input, Pipeline, Stream
 from .record import Key, Record, Timer
 from .serde import BYTES, JSON, STR, AvroSerde, Serde
+from .watermarks import MAX_WATERMARK, MIN_WATERMARK  # ctx.low_watermark: none yet / input ended
 from .windows import Session, Sliding, Tumbling, Window, WindowedAggregation
 
 __all__ = [
@@ -21,6 +22,8 @@ __all__ = [
     "JSON",
     "Key",
     "KwheelError",
+    "MAX_WATERMARK",
+    "MIN_WATERMARK",
     "Pipeline",
     "Record",
     "STR",

@@ -196,8 +196,8 @@ def inject(
         ]
         child += ["--config", str(config)] if config else []
         raise typer.Exit(run_processes(processes, child, cfg.slot, command="inject"))
+    from .injector import run_injector
     from .kafka.clients import wait_for_broker
-    from .runtime.inject import run_injector
 
     wait_for_broker(cfg)
     run_injector(p, name, cfg, instance, instances, final=final)

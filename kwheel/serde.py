@@ -14,6 +14,7 @@ from fastavro.read import SchemaResolutionError
 
 from . import registry
 from .errors import SerdeError
+from .registry import SchemaRegistry
 from .registry import redact as _redact
 
 if TYPE_CHECKING:
@@ -98,8 +99,9 @@ class AvroSerde:
     body. Encoding registers ``schema`` under the subject ``<topic>-value`` (``<topic>-key``
     for keys; ``Pipeline.stream`` fills in the topic) and reuses its id; decoding fetches
     the writer schema by the record's id (once per id) and resolves it to ``reader_schema``
-    (default ``schema``). The registry client is created on first use, not here: pipelines
-    are built at import time, before a worker has read its configuration (kwheel.registry).
+    (default ``schema``). ``registry=True`` names no registry: pipelines are built at
+    import time, before a worker has read its configuration, so what runs the pipeline
+    hands it its configured one (``with_registry``, kwheel.registry).
     """
 
     def __init__(
@@ -126,6 +128,8 @@ class AvroSerde:
                 f"Avro serde {label}: registry must be True or an http(s):// URL, got {shown!r}"
             )
         self.registry = registry
+        # the registry used: its own URL's, or the configured one once handed over
+        self._registry = SchemaRegistry(registry) if isinstance(registry, str) else None
         self.subject = subject
         self.name = f"avro+registry:{label}" if registry else f"avro:{label}"
         self._id: int | None = None  # of ``schema`` under ``subject``, once registered
@@ -138,6 +142,15 @@ class AvroSerde:
         bound = copy.copy(self)
         bound.subject = f"{topic}-{part}"
         bound._writers = self._writers
+        return bound
+
+    def with_registry(self, configured: SchemaRegistry) -> AvroSerde:
+        """This serde using the configured registry: a copy if it was declared with
+        ``registry=True`` or with the configured URL (then the configured auth applies)."""
+        if self.registry is not True and self.registry != configured.url:
+            return self
+        bound = copy.copy(self)
+        bound._registry = configured
         return bound
 
     # ---- encoding -------------------------------------------------------------------------
@@ -162,24 +175,22 @@ class AvroSerde:
                 )
             from confluent_kafka.schema_registry import Schema
 
-            url = self._url()
-            c = registry.client(self.registry if isinstance(self.registry, str) else None)
+            reg = self._used_registry()
+            c = reg.client()
             try:
                 self._id = c.register_schema(
                     self.subject, Schema(json.dumps(self.raw_schema), "AVRO")
                 )
             except Exception as e:
-                raise registry.failure(
-                    url, f"registering schema {self.label} under subject {self.subject!r}", e
+                raise reg.failure(
+                    f"registering schema {self.label} under subject {self.subject!r}", e
                 ) from None
         return self._id
 
-    def _url(self) -> str:
-        return (
-            self.registry
-            if isinstance(self.registry, str)
-            else (registry.configured_url() or "(none)")
-        )
+    def _used_registry(self) -> SchemaRegistry:
+        if self._registry is None:
+            raise registry.missing()
+        return self._registry
 
     # ---- decoding -------------------------------------------------------------------------
     def decode(self, data: bytes) -> object:
@@ -203,14 +214,14 @@ class AvroSerde:
         w = self._writers.get(sid)
         if w is not None:
             return w
-        url = self._url()
-        c = registry.client(self.registry if isinstance(self.registry, str) else None)
+        reg = self._used_registry()
+        c = reg.client()
         try:
             found = c.get_schema(sid)
         except Exception as e:
             if getattr(e, "http_status_code", None) == 404:
                 raise SerdeError(f"schema id {sid} is not in the schema registry") from None
-            raise registry.failure(url, f"fetching schema id {sid}", e) from None
+            raise reg.failure(f"fetching schema id {sid}", e) from None
         if (found.schema_type or "AVRO") != "AVRO":
             raise SerdeError(f"schema id {sid} is a {found.schema_type} schema, not Avro")
         try:
@@ -286,6 +297,13 @@ def resolve(serde: Serde | str) -> Serde:
     raise SerdeError(
         f"unknown serde {serde!r}: use bytes, str, json, avro:PATH or avro+registry:PATH"
     )
+
+
+def with_registry(serde: Serde, configured: SchemaRegistry | None) -> Serde:
+    """The serde as run with the ``configured`` registry (of a worker's configuration):
+    serdes that take one (AvroSerde with ``registry=True``) get a bound copy."""
+    bind = getattr(serde, "with_registry", None)
+    return bind(configured) if bind is not None and configured is not None else serde
 
 
 def for_topic(serde: Serde, topic: str, part: str) -> Serde:

@@ -23,7 +23,8 @@ from .config import WorkerConfig
 from .errors import ConfigError, SerdeError
 from .kafka import clients
 from .record import Key
-from .serde import Serde, resolve
+from .registry import SchemaRegistry
+from .serde import Serde, resolve, with_registry
 from .watermarks import MIN_WATERMARK
 
 if TYPE_CHECKING:
@@ -176,6 +177,7 @@ class KafkaTopic:
         self._at_end: set[int] = set()
 
     def open(self, env: SourceEnv) -> None:
+        self._serde = with_registry(self._serde, SchemaRegistry.from_config(env.cfg))
         conf = clients.base_config(env.cfg)
         conf.update(
             {

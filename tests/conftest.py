@@ -78,15 +78,11 @@ def schema_registry():
 
 @pytest.fixture
 def registry_env(schema_registry) -> dict[str, str]:
-    """The registry settings as worker environment; also configured in this process."""
-    from kwheel import registry
-
-    registry.configure(schema_registry.url, "kwheel:r3g-s3cret")
-    yield {
+    """The registry settings as worker environment."""
+    return {
         "KWHEEL_SCHEMA_REGISTRY_URL": schema_registry.url,
         "KWHEEL_SCHEMA_REGISTRY_AUTH": "kwheel:r3g-s3cret",
     }
-    registry.configure(None)
 
 
 @pytest.fixture(scope="session")

@@ -9,8 +9,8 @@ from collections import Counter, defaultdict
 
 from kwheel.config import WorkerConfig
 from kwheel.kafka.clients import wait_for_broker
-from kwheel.kafka.producer import StreamProducer
 from kwheel.kafka.topics import create_topics
+from kwheel.kafka.writer import StreamProducer
 from kwheel.pipeline import Pipeline
 from kwheel.testing.readers import read_committed
 

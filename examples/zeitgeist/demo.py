@@ -15,15 +15,11 @@ import sys
 import tempfile
 import time
 
+from kwheel import MAX_WATERMARK, MIN_WATERMARK
 from kwheel.config import WorkerConfig
-from kwheel.kafka.clients import wait_for_broker
-from kwheel.kafka.topics import create_topics
-from kwheel.runtime.inject import run_injector
+from kwheel.injector import run_injector
 from kwheel.testing.broker import EmbeddedBroker
-from kwheel.testing.readers import CommittedTail
-from kwheel.watermarks import MAX_WATERMARK, MIN_WATERMARK
-from kwheel.watermarks.transport import WatermarkReader
-from kwheel.watermarks.upstream import WatermarkTable
+from kwheel.testing.readers import CommittedTail, WatermarkTail
 
 from .pipeline import build
 from .traffic import Traffic
@@ -57,7 +53,12 @@ def main() -> int:
     with EmbeddedBroker(data_dir=f"{work}/broker") as broker:
         print(f"embedded Kafka broker on {broker.bootstrap} (files in {work})")
         cfg = WorkerConfig(bootstrap_servers=broker.bootstrap, state_dir=f"{work}/state")
-        create_topics(wait_for_broker(cfg), pipeline)
+        subprocess.run(
+            [sys.executable, "-m", "kwheel", "topics", "create", REF, "-b", broker.bootstrap],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            env={**os.environ, **env},
+        )
         print(f"created {len(pipeline.topics())} topics for pipeline 'zeitgeist'")
         log = open(f"{work}/workers.log", "w")
         workers = subprocess.Popen(
@@ -81,26 +82,17 @@ def main() -> int:
             env={**os.environ, **env},
         )
         print(f"started 2 worker processes (log: {work}/workers.log)\n")
-        table = WatermarkTable()
-        reader = WatermarkReader(cfg, pipeline.watermark_topic(), table)
+        watermarks = WatermarkTail(broker.bootstrap, pipeline)
         anomalies_tail = CommittedTail(broker.bootstrap, pipeline.streams["anomalies"].topic)
         anomalies: list[dict] = []
         last_print = [0.0]
         started = time.monotonic()
 
         def model_watermark() -> int:
-            latest = [
-                table.latest(f"task:model/{p}")
-                for p in range(pipeline.computations["model"].partitions)
-            ]
-            return (
-                min((c.watermark for c in latest if c), default=MIN_WATERMARK)
-                if all(latest)
-                else MIN_WATERMARK
-            )
+            return watermarks.output_watermark("model")
 
         def show(inj=None, force=False) -> None:
-            reader.poll(0)
+            watermarks.poll(0)
             anomalies.extend(json.loads(r.value) for r in anomalies_tail.poll(0))
             if not force and time.monotonic() - last_print[0] < 1.0:
                 return
@@ -131,7 +123,7 @@ def main() -> int:
         show(force=True)
         workers.terminate()
         rc = workers.wait(60)
-        reader.close()
+        watermarks.close()
         anomalies_tail.close()
 
     _, planted = traffic.plan()

@@ -14,9 +14,8 @@ from __future__ import annotations
 import math
 import os
 
-from kwheel import Computation, Pipeline, Tumbling, WindowedAggregation
+from kwheel import MAX_WATERMARK, Computation, Pipeline, Tumbling, WindowedAggregation
 from kwheel.sources import Synthetic
-from kwheel.watermarks import MAX_WATERMARK
 
 from .traffic import Traffic
 

@@ -1,18 +1,28 @@
-"""Turning produced records into Kafka messages: encode once, write to every route.
+"""Writing records into a pipeline's streams: encode once, write to every route.
 
 A record produced to a stream goes to the stream's topic and, for every computation that
 re-keys that stream, to its repartition topic with the new key, all through the same
-producer (so, inside a transaction, atomically).
+producer (so, inside a transaction, atomically). Tasks write through their transactional
+producer (``StreamWriter`` and ``send``); writers from outside (injectors, tests) through a
+``StreamProducer``, which gives records ids (fresh, or the caller's for deterministic
+re-sends) and is idempotent, not transactional: a re-sent record is dropped downstream by
+its id.
 """
 
 from __future__ import annotations
 
+import time
+
 from confluent_kafka import Producer
 
-from ..errors import PipelineError, SerdeError
+from .. import registry
+from ..config import WorkerConfig
+from ..errors import BrokerError, PipelineError, SerdeError
+from ..ids import new_id
 from ..pipeline import Pipeline, Route, Stream
 from ..record import Key, Record
 from ..state.layout import key_tag
+from . import clients
 from .partitioner import partition_for
 
 ID_HEADER = "kwheel.id"
@@ -107,3 +117,45 @@ def send(producer: Producer, messages: list[Message]) -> None:
                 break
             except BufferError:
                 producer.poll(0.05)
+
+
+class StreamProducer:
+    def __init__(self, pipeline: Pipeline, cfg: WorkerConfig):
+        # Avro serdes declared with registry=True use the configured registry (kwheel.registry)
+        self._writer = StreamWriter(
+            registry.bind(pipeline, registry.SchemaRegistry.from_config(cfg))
+        )
+        self._errors: list[str] = []
+        conf = clients.producer_config(cfg)
+        conf["error_cb"] = lambda err: self._errors.append(err.str())
+        self._producer = Producer(conf)
+
+    def send(
+        self,
+        stream: str,
+        key: Key,
+        value: object,
+        timestamp: int | None = None,
+        id: bytes | None = None,
+    ) -> bytes:
+        rid = id or new_id()
+        ts = int(time.time() * 1000) if timestamp is None else int(timestamp)
+        send(self._producer, self._writer.encode(stream, key, value, ts, rid))
+        return rid
+
+    def flush(self, timeout_s: float = 30.0) -> None:
+        left = self._producer.flush(timeout_s)
+        if left:
+            raise BrokerError(
+                f"{left} records not delivered within {timeout_s:g}s ({'; '.join(self._errors[-3:])})"
+            )
+
+    def close(self) -> None:
+        self.flush()
+        self._producer = None  # let librdkafka shut down now, not at garbage collection
+
+    def __enter__(self) -> StreamProducer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

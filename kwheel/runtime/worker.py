@@ -36,8 +36,8 @@ class Worker:
         names = names + [
             n for n, c in pipeline.computations.items() if c.feeds in names and n not in names
         ]
-        registry.configure_from(cfg)  # Avro serdes create their registry client on first use
-        self.pipeline = pipeline
+        # Avro serdes declared with registry=True use the configured registry (kwheel.registry)
+        self.pipeline = registry.bind(pipeline, registry.SchemaRegistry.from_config(cfg))
         self.cfg = cfg
         self.names = names
         self.runners: list[ComputationRunner] = []

@@ -25,6 +25,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, cast
 
+from .. import registry
 from ..config import WorkerConfig
 from ..errors import KwheelError, SerdeError
 from ..ids import new_id
@@ -77,6 +78,10 @@ class PipelineDriver:
             self._tmp = tempfile.TemporaryDirectory(prefix="kwheel-driver-")
             state_dir = self._tmp.name
         self.config = replace(config or WorkerConfig(), state_dir=Path(state_dir))
+        # Avro serdes declared with registry=True use the configured registry, as in a worker
+        pipeline = self.pipeline = registry.bind(
+            pipeline, registry.SchemaRegistry.from_config(self.config)
+        )
         self.log = MemoryLog({t: n for t, (n, _) in pipeline.topics().items()})
         self._writer = StreamWriter(pipeline)
         self._wall = int(time.time() * 1000) if wall_clock_ms is None else wall_clock_ms

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import cast
 
+from .. import registry
 from ..config import WorkerConfig
 from ..errors import KwheelError
 from ..injector import Injector
@@ -48,7 +49,15 @@ class PipelineRun:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         path = [*(pythonpath or []), os.environ.get("PYTHONPATH", "")]
         self.env = {**(env or {}), "PYTHONPATH": os.pathsep.join(p for p in path if p)}
-        self.config = WorkerConfig(bootstrap_servers=bootstrap)
+        # the workers' schema registry, if ``env`` gives them one, for what runs in here
+        self.config = WorkerConfig(
+            bootstrap_servers=bootstrap,
+            schema_registry_url=self.env.get("KWHEEL_SCHEMA_REGISTRY_URL"),
+            schema_registry_auth=self.env.get("KWHEEL_SCHEMA_REGISTRY_AUTH"),
+        )
+        self.pipeline = registry.bind(
+            self.pipeline, registry.SchemaRegistry.from_config(self.config)
+        )
         self.workers: list[WorkerProcess] = []
         self._injectors: dict[str, Injector] = {}
         create_topics(wait_for_broker(self.config), self.pipeline)

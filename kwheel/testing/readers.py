@@ -1,4 +1,5 @@
-"""Read what a topic holds *committed* (read_committed), up to its current end."""
+"""Read what a pipeline on a broker committed: a topic's records as a read_committed
+consumer sees them, and the low watermarks its tasks publish."""
 
 from __future__ import annotations
 
@@ -8,7 +9,13 @@ from typing import TYPE_CHECKING, cast
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
+from ..config import WorkerConfig
 from ..kafka.writer import ID_HEADER
+from ..pipeline import Pipeline
+from ..watermarks import MIN_WATERMARK
+from ..watermarks.control import task_producer_id
+from ..watermarks.transport import WatermarkReader
+from ..watermarks.upstream import WatermarkTable
 
 if TYPE_CHECKING:
     from ..kafka.clients import ConsumedMessage
@@ -108,3 +115,34 @@ class CommittedTail:
 
     def close(self) -> None:
         self._c.close()
+
+
+class WatermarkTail:
+    """Follow a pipeline's watermark topic from its start: ``poll()`` reads what its tasks
+    published since, ``output_watermark`` tells how far a computation has got."""
+
+    def __init__(self, bootstrap: str, pipeline: Pipeline):
+        self._pipeline = pipeline.validate()
+        self._table = WatermarkTable()
+        self._reader = WatermarkReader(
+            WorkerConfig(bootstrap_servers=bootstrap), pipeline.watermark_topic(), self._table
+        )
+
+    def poll(self, timeout_s: float = 0.0) -> None:
+        self._reader.poll(timeout_s)
+
+    def output_watermark(self, computation: str) -> int:
+        """min over the computation's tasks of the watermark they last published
+        (MIN_WATERMARK until every task has published one)."""
+        latest = [
+            self._table.latest(task_producer_id(computation, p))
+            for p in range(self._pipeline.computations[computation].partitions)
+        ]
+        return (
+            min((c.watermark for c in latest if c), default=MIN_WATERMARK)
+            if all(latest)
+            else MIN_WATERMARK
+        )
+
+    def close(self) -> None:
+        self._reader.close()

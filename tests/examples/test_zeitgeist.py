@@ -6,6 +6,8 @@ import time
 from examples.zeitgeist.pipeline import IDLE_WINDOWS, WARMUP_WINDOWS, build
 from examples.zeitgeist.traffic import Traffic
 from kwheel.testing import END
+from kwheel.testing.processes import wait_until
+from kwheel.testing.readers import WatermarkTail
 
 REF = "examples.zeitgeist.pipeline:pipeline"
 FALSE_POSITIVE_BOUND = 2  # flagged windows that no planted anomaly explains
@@ -89,6 +91,16 @@ def test_the_driver_and_workers_on_kafka_commit_identical_outputs(
     run.start_workers(2)
     run.inject("queries")
     run.wait_for_watermark("model", END, 120)
+    tail = WatermarkTail(run.bootstrap, run.pipeline)  # what the demo watches agrees
+
+    def tail_at_end() -> bool:
+        tail.poll(0.2)
+        return tail.output_watermark("model") == END
+
+    try:
+        wait_until(tail_at_end, 30, "the watermark tail to reach the end")
+    finally:
+        tail.close()
     run.stop_workers()
 
     def rows(records):

@@ -15,9 +15,11 @@ from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
-from kwheel import Pipeline, registry
+from kwheel import Pipeline
 from kwheel.config import WorkerConfig
 from kwheel.errors import ConfigError, PipelineError, RegistryError, SerdeError
+from kwheel.registry import SchemaRegistry, bind, redact
+from kwheel.runtime.worker import Worker
 from kwheel.serde import AvroSerde, resolve
 from kwheel.testing.broker import free_port
 from kwheel.testing.registry import TestRegistry
@@ -37,14 +39,22 @@ def confluent(schema_registry, registry_env):
     return SchemaRegistryClient({"url": schema_registry.url, "basic.auth.user.info": AUTH})
 
 
+@pytest.fixture
+def configured(schema_registry) -> SchemaRegistry:
+    """The test registry, as a worker configured with ``registry_env`` hands it to serdes."""
+    return SchemaRegistry(schema_registry.url, AUTH)
+
+
 def produce_v1(client, topic: str, value: dict) -> bytes:
     """What a Confluent producer with writer schema v1 puts on ``topic``."""
     ser = AvroSerializer(client, schema_text(V1))
     return ser(value, SerializationContext(topic, MessageField.VALUE))
 
 
-def bound(path_or_dict, topic: str, **kw) -> AvroSerde:
-    return AvroSerde(path_or_dict, registry=True, **kw).for_topic(topic, "value")
+def bound(path_or_dict, topic: str, configured: SchemaRegistry | None = None, **kw) -> AvroSerde:
+    """A registry=True serde on ``topic``, run with the ``configured`` registry (if any)."""
+    s = AvroSerde(path_or_dict, registry=True, **kw).for_topic(topic, "value")
+    return s if configured is None else s.with_registry(configured)
 
 
 # ---- plain Avro with a reader schema ------------------------------------------------------------
@@ -171,27 +181,71 @@ def test_config_rejects_a_bad_registry_url_without_showing_credentials():
 
 
 def test_redact_removes_user_info():
-    assert registry.redact("https://u:pw@a:1/x,http://b:2") == "https://a:1/x,http://b:2"
+    assert redact("https://u:pw@a:1/x,http://b:2") == "https://a:1/x,http://b:2"
 
 
 def test_registry_serde_without_any_registry_says_what_to_set():
-    registry.configure(None)
     with pytest.raises(
         RegistryError, match=r"needs a schema registry: set KWHEEL_SCHEMA_REGISTRY_URL"
     ):
         bound(V1, "t").encode({"user": "a", "seq": 1})
 
 
-def test_registry_serde_outside_a_stream_needs_a_subject(registry_env):
+def test_registry_serde_outside_a_stream_needs_a_subject(configured):
     with pytest.raises(SerdeError, match=r"has a registry but no subject"):
-        AvroSerde(V1, registry=True).encode({"user": "a", "seq": 1})
+        AvroSerde(V1, registry=True).with_registry(configured).encode({"user": "a", "seq": 1})
+
+
+# ---- the configured registry, handed to what runs a pipeline ------------------------------------
+
+EVENT = {"user": "a", "seq": 1}
+
+
+def test_a_config_hands_its_registry_to_a_copy_of_the_pipeline(schema_registry, confluent):
+    p = Pipeline("handed")
+    shared = AvroSerde(V1, registry=True)
+    p.stream("a", value=shared)
+    p.stream("b", value=shared)
+    p.stream("same", value=AvroSerde(V1, registry=schema_registry.url))  # the configured URL
+    p.stream("plain", value=f"avro:{V1}")
+    cfg = WorkerConfig(schema_registry_url=schema_registry.url, schema_registry_auth=AUTH)
+    run = bind(p, SchemaRegistry.from_config(cfg))
+    assert run is not p and run.streams["plain"] is p.streams["plain"]
+    run.streams["a"].value_serde.encode(EVENT)
+    run.streams["b"].value_serde.encode(EVENT)
+    run.streams["same"].value_serde.encode(EVENT)  # with the configured credentials
+    assert {"handed.a-value", "handed.b-value", "handed.same-value"} <= set(
+        confluent.get_subjects()
+    )
+    with pytest.raises(RegistryError, match=r"needs a schema registry"):
+        p.streams["a"].value_serde.encode(EVENT)  # the declared pipeline is left as it was
+
+
+def test_a_pipeline_without_registry_serdes_or_a_config_without_a_registry_is_left_alone():
+    p = Pipeline("alone")
+    p.stream("a", value=f"avro:{V1}")
+    assert bind(p, SchemaRegistry("http://sr.example:8081")) is p
+    p.stream("b", value=f"avro+registry:{V1}")
+    assert bind(p, SchemaRegistry.from_config(WorkerConfig())) is p
+
+
+def test_a_worker_runs_the_pipeline_with_its_configured_registry(schema_registry, confluent):
+    p = Pipeline("worker-handed")
+    p.stream("events", value=AvroSerde(V1, registry=True), source=True)
+    p.stream("out")
+    p.computation("c", lambda: None, inputs=["events"], outputs=["out"])
+    cfg = WorkerConfig(schema_registry_url=schema_registry.url, schema_registry_auth=AUTH)
+    Worker(p.validate(), cfg).pipeline.streams["events"].value_serde.encode(EVENT)
+    assert "worker-handed.events-value" in confluent.get_subjects()
 
 
 # ---- the wire format ---------------------------------------------------------------------------------
 
 
-def test_encode_registers_under_topic_value_and_frames_with_the_id(schema_registry, confluent):
-    s = bound(V1, "wire.enc")
+def test_encode_registers_under_topic_value_and_frames_with_the_id(
+    schema_registry, confluent, configured
+):
+    s = bound(V1, "wire.enc", configured)
     data = s.encode({"user": "u1", "seq": 3})
     sid = confluent.get_latest_version("wire.enc-value").schema_id
     assert data[:1] == b"\x00" and int.from_bytes(data[1:5], "big") == sid
@@ -202,8 +256,8 @@ def test_encode_registers_under_topic_value_and_frames_with_the_id(schema_regist
     assert len(schema_registry.requests) == before  # the id is registered once, then reused
 
 
-def test_confluent_deserializer_reads_what_we_write(confluent):
-    data = bound(V2, "wire.interop").encode({"user": "u1", "seq": 3, "tier": "gold"})
+def test_confluent_deserializer_reads_what_we_write(confluent, configured):
+    data = bound(V2, "wire.interop", configured).encode({"user": "u1", "seq": 3, "tier": "gold"})
     de = AvroDeserializer(confluent, schema_text(V1))  # an older reader: drops tier
     assert de(data, SerializationContext("wire.interop", MessageField.VALUE)) == {
         "user": "u1",
@@ -212,18 +266,18 @@ def test_confluent_deserializer_reads_what_we_write(confluent):
 
 
 def test_decode_resolves_a_v1_writer_to_the_v2_reader_and_caches_the_writer(
-    schema_registry, confluent
+    schema_registry, confluent, configured
 ):
     data = produce_v1(confluent, "wire.evolve", {"user": "u1", "seq": 5})
-    s = bound(V2, "wire.evolve")
+    s = bound(V2, "wire.evolve", configured)
     assert s.decode(data) == {"user": "u1", "seq": 5, "tier": "free"}
     before = len(schema_registry.requests)
     assert s.decode(produce_v1(confluent, "wire.evolve", {"user": "u2", "seq": 6}))["user"] == "u2"
     assert not [r for r in schema_registry.requests[before:] if r[1].startswith("/schemas/ids/")]
 
 
-def test_decode_reads_its_own_and_newer_writers(confluent):
-    v1, v2 = bound(V1, "wire.mixed"), bound(V2, "wire.mixed")
+def test_decode_reads_its_own_and_newer_writers(confluent, configured):
+    v1, v2 = bound(V1, "wire.mixed", configured), bound(V2, "wire.mixed", configured)
     new = v2.encode({"user": "u1", "seq": 1, "tier": "gold"})
     assert v1.decode(new) == {"user": "u1", "seq": 1}  # removed field (for the v1 reader)
     assert v2.decode(new) == {"user": "u1", "seq": 1, "tier": "gold"}
@@ -234,66 +288,65 @@ def test_decode_reads_its_own_and_newer_writers(confluent):
     }
 
 
-def test_wrong_magic_byte(registry_env):
+def test_wrong_magic_byte(configured):
     with pytest.raises(
         SerdeError,
         match=r"not Confluent Avro wire format: first byte is 0x7b, expected the magic byte 0x00",
     ):
-        bound(V2, "t").decode(b'{"user": "u1", "seq": 1}')
+        bound(V2, "t", configured).decode(b'{"user": "u1", "seq": 1}')
 
 
 @pytest.mark.parametrize("data", [b"", b"\x00\x00\x00\x01", None])
-def test_shorter_than_the_header(registry_env, data):
+def test_shorter_than_the_header(configured, data):
     with pytest.raises(
         SerdeError,
         match=r"not Confluent Avro wire format: \d bytes, shorter than the 5-byte header",
     ):
-        bound(V2, "t").decode(data)
+        bound(V2, "t", configured).decode(data)
 
 
-def test_unknown_schema_id(registry_env):
+def test_unknown_schema_id(configured):
     with pytest.raises(SerdeError, match=r"schema id 424242 is not in the schema registry"):
-        bound(V2, "t").decode(b"\x00" + (424242).to_bytes(4, "big") + b"\x02a\x02")
+        bound(V2, "t", configured).decode(b"\x00" + (424242).to_bytes(4, "big") + b"\x02a\x02")
 
 
-def test_body_that_does_not_match_its_schema_id(confluent):
+def test_body_that_does_not_match_its_schema_id(confluent, configured):
     sid = confluent.register_schema("wire.garbage-value", Schema(schema_text(V1), "AVRO"))
     with pytest.raises(SerdeError, match=rf"malformed Avro for schema id {sid}"):
-        bound(V2, "wire.garbage").decode(
+        bound(V2, "wire.garbage", configured).decode(
             b"\x00" + sid.to_bytes(4, "big") + b"\xff\xff\xff\xff\xff\xff"
         )
     good = AvroSerde(V1).encode({"user": "a", "seq": 1})
     with pytest.raises(SerdeError, match=rf"malformed Avro for schema id {sid}: 2 bytes left over"):
-        bound(V2, "wire.garbage").decode(b"\x00" + sid.to_bytes(4, "big") + good + b"\x00\x00")
+        bound(V2, "wire.garbage", configured).decode(
+            b"\x00" + sid.to_bytes(4, "big") + good + b"\x00\x00"
+        )
 
 
-def test_writer_schema_incompatible_with_the_reader(confluent):
+def test_writer_schema_incompatible_with_the_reader(confluent, configured):
     sid = confluent.register_schema("wire.incompatible-value", Schema(schema_text(BAD), "AVRO"))
     body = AvroSerde(BAD).encode({"user": "a", "seq": "one"})
     with pytest.raises(
         SerdeError, match=rf"Avro written with schema id {sid} cannot be read as event_v2\.avsc"
     ):
-        bound(V2, "wire.incompatible").decode(b"\x00" + sid.to_bytes(4, "big") + body)
+        bound(V2, "wire.incompatible", configured).decode(b"\x00" + sid.to_bytes(4, "big") + body)
 
 
-def test_non_avro_schema_id(confluent):
+def test_non_avro_schema_id(confluent, configured):
     sid = confluent.register_schema("wire.json-value", Schema('{"type": "object"}', "JSON"))
     with pytest.raises(SerdeError, match=rf"schema id {sid} is a JSON schema, not Avro"):
-        bound(V2, "wire.json").decode(b"\x00" + sid.to_bytes(4, "big") + b"{}")
+        bound(V2, "wire.json", configured).decode(b"\x00" + sid.to_bytes(4, "big") + b"{}")
 
 
 def test_wrong_credentials_are_a_registry_error_without_the_password(schema_registry):
-    registry.configure(schema_registry.url, "kwheel:wr0ng-pw")
-    try:
-        with pytest.raises(
-            RegistryError,
-            match=r"registering schema event_v1\.avsc under subject 'wire\.auth-value' "
-            r"failed: HTTP 401",
-        ) as e:
-            bound(V1, "wire.auth").encode({"user": "a", "seq": 1})
-        assert "wr0ng-pw" not in str(e.value)
-    finally:
-        registry.configure(None)
+    wrong = SchemaRegistry(schema_registry.url, "kwheel:wr0ng-pw")
+    with pytest.raises(
+        RegistryError,
+        match=r"registering schema event_v1\.avsc under subject 'wire\.auth-value' "
+        r"failed: HTTP 401",
+    ) as e:
+        bound(V1, "wire.auth", wrong).encode({"user": "a", "seq": 1})
+    assert "wr0ng-pw" not in str(e.value)
 
 
 def test_credentials_in_a_serde_url_are_used_and_stay_out_of_messages():

@@ -9,9 +9,10 @@ from collections.abc import Callable
 
 from ..config import WorkerConfig
 from ..errors import ConfigError
-from ..injector import BoundedDisorder, Injector
 from ..pipeline import Pipeline
 from ..sources import SourceEnv
+from .policy import BoundedDisorder
+from .process import Injector
 
 log = logging.getLogger("kwheel.inject")
 

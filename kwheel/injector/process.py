@@ -1,11 +1,5 @@
-"""Injectors bring outside data into a pipeline and seed its low watermark.
-
-An injector process sends records into source streams and publishes, as a control record,
-its low watermark: a promise that what it sends from now on is at or after that time
-(anything older is late). Several processes of one injector each publish their own; a
-computation reading the stream uses the min over them. Records carry ids, so an
-at-least-once injector that re-sends after a crash is deduplicated downstream.
-"""
+"""One injector process: send records into source streams, then publish the low watermark
+that covers them (flushed first, so the watermark never runs ahead of the records)."""
 
 from __future__ import annotations
 
@@ -13,36 +7,14 @@ import os
 import socket
 import time
 
-from .config import WorkerConfig
-from .kafka.producer import StreamProducer
-from .pipeline import Pipeline
-from .record import Key
-from .watermarks import MAX_WATERMARK, MIN_WATERMARK
-from .watermarks.control import INJECTOR, Control, injector_producer_id
-from .watermarks.transport import WatermarkPublisher, WatermarkReader
-from .watermarks.upstream import WatermarkTable
-
-
-class BoundedDisorder:
-    """Watermark policy: records arrive out of order by at most ``bound_ms``, so the
-    watermark trails the largest timestamp seen by that much."""
-
-    def __init__(self, bound_ms: int):
-        if not isinstance(bound_ms, int) or bound_ms < 0:
-            raise ValueError(
-                f"BoundedDisorder: bound_ms must be a non-negative integer, got {bound_ms!r}"
-            )
-        self.bound_ms = bound_ms
-        self.max_seen = MIN_WATERMARK
-
-    def observe(self, timestamp: int) -> int:
-        if timestamp > self.max_seen:
-            self.max_seen = timestamp
-        return self.watermark
-
-    @property
-    def watermark(self) -> int:
-        return MIN_WATERMARK if self.max_seen == MIN_WATERMARK else self.max_seen - self.bound_ms
+from ..config import WorkerConfig
+from ..kafka.writer import StreamProducer
+from ..pipeline import Pipeline
+from ..record import Key
+from ..watermarks import MAX_WATERMARK, MIN_WATERMARK
+from ..watermarks.control import INJECTOR, Control, injector_producer_id
+from ..watermarks.transport import WatermarkPublisher, WatermarkReader
+from ..watermarks.upstream import WatermarkTable
 
 
 class Injector:
