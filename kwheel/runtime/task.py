@@ -235,9 +235,12 @@ class Task:
         """An open transaction, or a watermark change to record."""
         return self.txn.in_transaction or self.watermarks.dirty
 
-    def _begin(self) -> None:
+    def _require_running(self) -> None:
         if self.state is not TaskState.RUNNING:
             raise KwheelError(f"task {self.name}: cannot process while {self.state.value}")
+
+    def _begin(self) -> None:
+        self._require_running()
         if not self.txn.in_transaction:
             self._guard(self.txn.begin)
 
@@ -279,6 +282,7 @@ class Task:
         (never below the committed one): every timer before it has fired, so records read
         until the next tick are late only if they are behind it, and the next tick goes on
         from there. A transaction never holds more than the cap, whatever closes at once."""
+        self._require_running()
         fired = 0
         self.timers_left = False
         for domain, limit in ((EVENT, self.watermarks.input), (WALL, wall_now_ms)):
