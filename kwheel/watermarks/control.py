@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import TypedDict, cast
 
@@ -23,8 +24,17 @@ _SCHEMA_V1 = fastavro.parse_schema(
     }
 )
 
-TASK = "TASK"
-INJECTOR = "INJECTOR"
+
+class ProducerKind(StrEnum):
+    """Who publishes a control: a task (its output watermark) or an injector (the low
+    watermark of the source streams it writes). Members equal their Avro symbols."""
+
+    TASK = "TASK"
+    INJECTOR = "INJECTOR"
+
+
+TASK = ProducerKind.TASK
+INJECTOR = ProducerKind.INJECTOR
 
 
 class _Position(TypedDict):
@@ -53,7 +63,7 @@ class _ControlRecord(TypedDict):
 @dataclass
 class Control:
     producer: str
-    kind: str
+    kind: ProducerKind
     streams: list[str]
     watermark: int
     positions: list[tuple[str, int, int]]  # (topic, partition, end offset)
@@ -95,7 +105,7 @@ class Control:
             )
         return cls(
             producer=d["producer"],
-            kind=d["kind"],
+            kind=ProducerKind(d["kind"]),
             streams=list(d["streams"]),
             watermark=d["watermark"],
             positions=[(p["topic"], p["partition"], p["offset"]) for p in d["positions"]],
