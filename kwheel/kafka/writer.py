@@ -12,6 +12,7 @@ its id.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from confluent_kafka import Producer
 
@@ -24,6 +25,7 @@ from ..record import Key, Record
 from ..state.layout import key_tag
 from . import clients
 from .partitioner import partition_for
+from .protocols import RecordProducer
 
 ID_HEADER = "kwheel.id"
 # librdkafka's default message.max.bytes: a larger record would fail at produce time,
@@ -77,6 +79,8 @@ class StreamWriter:
             )
         ]
         for route in routes[1:]:
+            # routes after the first are repartitions, whose key_by is set (Pipeline.routes);
+            # a check per record would be a cost for nothing
             new_key = route.key_by(Record(key, value, timestamp, rid, stream))  # type: ignore[misc]
             place = self._placement.get(route.topic)
             partition = -1 if place is None else partition_for(place[0](new_key), place[1])
@@ -84,7 +88,7 @@ class StreamWriter:
         return out
 
 
-def _placements(pipeline: Pipeline) -> dict[str, tuple[object, int]]:
+def _placements(pipeline: Pipeline) -> dict[str, tuple[Callable[[object], bytes], int]]:
     """Repartition topics whose records must land where a directly read input puts the key.
 
     A repartition record's Kafka key is the new key's tag (so its type survives the trip),
@@ -92,7 +96,7 @@ def _placements(pipeline: Pipeline) -> dict[str, tuple[object, int]]:
     stream directly sees each key in the partition its serde's bytes hash to there, so its
     repartition records go to that partition instead: one key, one task, one state.
     Returns repartition topic -> (the direct input's key encoder, partition count)."""
-    out: dict[str, tuple[object, int]] = {}
+    out: dict[str, tuple[Callable[[object], bytes], int]] = {}
     for c in pipeline.computations.values():
         direct = [i for i in c.inputs if i.key_by is None]
         if not direct:
@@ -105,7 +109,7 @@ def _placements(pipeline: Pipeline) -> dict[str, tuple[object, int]]:
     return out
 
 
-def send(producer: Producer, messages: list[Message]) -> None:
+def send(producer: RecordProducer, messages: list[Message]) -> None:
     """Hand messages to librdkafka, waiting for queue space when it is full."""
     produce = producer.produce
     for topic, kb, vb, ts, rid, partition in messages:
@@ -152,7 +156,7 @@ class StreamProducer:
 
     def close(self) -> None:
         self.flush()
-        self._producer = None  # let librdkafka shut down now, not at garbage collection
+        del self._producer  # let librdkafka shut down now, not at garbage collection
 
     def __enter__(self) -> StreamProducer:
         return self

@@ -11,14 +11,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, Producer, TopicPartition
 
 from ..config import WorkerConfig
 from ..errors import BrokerError, FencedError
 from ..kafka import clients
 from ..kafka.fencing import is_fatal, is_fenced
+from ..kafka.protocols import DeliveredMessage, GroupConsumer, TransactionalProducer
 from ..kafka.writer import Message, send
 
 log = logging.getLogger("kwheel.task")
@@ -26,7 +26,7 @@ RETRY_BACKOFF_S = 0.2  # between attempts to open a transactional id
 
 # Makes a producer from its librdkafka config: confluent_kafka.Producer, or the in-memory
 # one of the test driver (kwheel.testing.memory).
-ProducerFactory = Callable[[dict[str, Any]], Producer]
+ProducerFactory = Callable[[clients.Config], TransactionalProducer]
 
 
 class TaskProducer:
@@ -34,7 +34,7 @@ class TaskProducer:
         self.name = name  # the task's, for messages
         self.cfg = cfg
         self.make_producer: ProducerFactory = make_producer or Producer
-        self.producer: Producer | None = None
+        self.producer: TransactionalProducer | None = None
         self.in_transaction = False
         self.began = 0.0  # monotonic time the open transaction began: batch latency
 
@@ -48,7 +48,7 @@ class TaskProducer:
             self.open_id(f"{base}.{n}", deadline)
         self.producer = self.open_id(f"{base}.{incarnation}", deadline)
 
-    def open_id(self, transactional_id: str, deadline: float) -> Producer:
+    def open_id(self, transactional_id: str, deadline: float) -> TransactionalProducer:
         """A producer holding ``transactional_id``, whoever held it before fenced.
 
         A timeout is retried until ``deadline``, and at least once: a process paused in the
@@ -94,7 +94,7 @@ class TaskProducer:
                 log.info("%s: producer gone (%s)", self.name, e.args[0].str() if e.args else e)
 
     # ---- one transaction ---------------------------------------------------------------
-    def _live(self) -> Producer:
+    def _live(self) -> TransactionalProducer:
         if self.producer is None:
             raise BrokerError(f"task {self.name}: no producer (the task is not open)")
         return self.producer
@@ -116,7 +116,12 @@ class TaskProducer:
             raise self.failure(e.args[0]) from None
 
     def send_one(
-        self, topic: str, value: bytes | None, key: bytes | None, ts: int, headers: list[Any]
+        self,
+        topic: str,
+        value: bytes | None,
+        key: bytes | None,
+        ts: int,
+        headers: list[tuple[str, bytes]],
     ) -> None:
         try:
             self._live().produce(topic, value, key, timestamp=ts, headers=headers)
@@ -129,7 +134,7 @@ class TaskProducer:
         partition: int,
         changes: list[tuple[bytes, bytes | None]],
         offsets: dict[str, int],
-        consumer: Consumer,
+        consumer: GroupConsumer,
     ) -> int | None:
         """Write ``changes`` to the changelog partition, send the input ``offsets`` and
         commit. Returns the changelog offset of the last change (-1 when none), or None
@@ -138,9 +143,11 @@ class TaskProducer:
         p = self._live()
         last_offset = [-1]
 
-        def delivered(err: KafkaError | None, msg: Any) -> None:
+        def delivered(err: KafkaError | None, msg: DeliveredMessage) -> None:
             if err is None:
-                last_offset[0] = msg.offset()
+                offset = msg.offset()
+                if offset is not None:  # None (offset unknown) ends up as never came back
+                    last_offset[0] = offset
 
         try:
             for i, (k, v) in enumerate(changes):
@@ -175,7 +182,11 @@ class TaskProducer:
         return last_offset[0]
 
     def _finish(
-        self, p: Producer, partition: int, offsets: dict[str, int], consumer: Consumer
+        self,
+        p: TransactionalProducer,
+        partition: int,
+        offsets: dict[str, int],
+        consumer: GroupConsumer,
     ) -> None:
         """Send the offsets and commit; retry what librdkafka calls retriable (a broker
         stall, a coordinator move) for the transaction timeout or ``startup_timeout_s``,
