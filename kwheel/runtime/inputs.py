@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from hashlib import blake2b
-
-from confluent_kafka import Message
+from typing import cast
 
 from .. import ids
+from ..kafka.clients import ConsumedMessage
 from ..kafka.writer import ID_HEADER
 from ..pipeline import TaskInput
 from ..record import Key
@@ -24,7 +25,14 @@ class InputReader:
     def __init__(self, ti: TaskInput):
         self.topic = ti.topic
         self.stream = ti.stream.name
-        self.decode_key = layout.key_from_tag if ti.repartitioned else ti.stream.key_serde.decode
+        # A serde decodes to any object: declared a Key, as key() hands it to key_tag first,
+        # which raises TypeError for one not str or bytes (the record fails, under the
+        # error policy)
+        self.decode_key: Callable[[bytes], Key] = (
+            layout.key_from_tag
+            if ti.repartitioned
+            else cast("Callable[[bytes], Key]", ti.stream.key_serde.decode)
+        )
         self.decode_value = ti.stream.value_serde.decode
         self.keys: dict[bytes, tuple[Key, bytes]] = {}  # raw key -> (key, tag): decoded once
         # Only records from outside can arrive twice (an injector's retry, a re-sent file).
@@ -45,7 +53,7 @@ class InputReader:
         return hit
 
 
-def record_id(m: Message) -> bytes:
+def record_id(m: ConsumedMessage) -> bytes:
     """The record's id header, else an id derived from its log position."""
     headers = m.headers()
     if headers:

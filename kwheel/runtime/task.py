@@ -16,14 +16,16 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 
-from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import KafkaException, TopicPartition
 
 from ..config import WorkerConfig
 from ..errors import BrokerError, FencedError, KwheelError
 from ..kafka import clients
+from ..kafka.clients import ConsumedMessage
+from ..kafka.protocols import GroupConsumer, TransactionalProducer
 from ..kafka.writer import StreamWriter
 from ..logs import scoped
 from ..pipeline import ComputationSpec, Pipeline
@@ -60,7 +62,7 @@ class Task:
         spec: ComputationSpec,
         partition: int,
         cfg: WorkerConfig,
-        consumer: Consumer,
+        consumer: GroupConsumer,
         make_producer: ProducerFactory | None = None,
     ):
         self.pipeline = pipeline
@@ -139,7 +141,7 @@ class Task:
         self._move(TaskState.RESTORING)
         self._take_ids(incarnation, fence_from, check_owner, owner)
 
-    def adopt(self, producer: Producer, incarnation: int, owner: str = "") -> None:
+    def adopt(self, producer: TransactionalProducer, incarnation: int, owner: str = "") -> None:
         """``fence`` with a producer the caller opened this incarnation's id with (and
         fenced the earlier ones): the watermark protocol's model test does its own
         opening, to interleave the steps of racing openings."""
@@ -255,7 +257,7 @@ class Task:
             raise
 
     @scoped
-    def process(self, messages: list[Message]) -> None:
+    def process(self, messages: Sequence[ConsumedMessage]) -> None:
         """Process consumed messages of this task; raise RecordError under the stop policy."""
         self._begin()
         self.calls.records(messages, self.watermarks.input)

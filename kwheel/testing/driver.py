@@ -112,16 +112,13 @@ class PipelineDriver:
     ) -> Task:
         """A real Task on the in-memory transport, its store caught up with its changelog."""
         spec = self.pipeline.computations[computation]
-        # TODO(house-in-order): Task names confluent-kafka's Consumer, Producer and Message
-        # classes; the in-memory MemoryConsumer, MemoryProducer and MemoryMessage have the
-        # methods it calls (its parameters want Protocols)
         task = Task(
             self.pipeline,
             spec,
             partition,
             self.config,
-            self._consumers[computation],  # type: ignore[arg-type]
-            make_producer=self._producer,  # type: ignore[arg-type]
+            self._consumers[computation],
+            make_producer=self._producer,
         )
         try:
             if wipe:
@@ -300,8 +297,7 @@ class PipelineDriver:
                     msgs.sort(key=lambda m: m.seq)  # arrival order over all inputs
                     size = self.config.batch_size
                     for i in range(0, len(msgs), size):
-                        # TODO(house-in-order): MemoryMessages for Task's Messages (see _open)
-                        task.process(msgs[i : i + size])  # type: ignore[arg-type]
+                        task.process(msgs[i : i + size])
                         task.commit()
                         self._renew_if_aborted(task)
                 task.advance(watermark)
