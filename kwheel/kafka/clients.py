@@ -52,6 +52,13 @@ class ConsumedMessage(Protocol):
     def error(self) -> KafkaError | None: ...
 
 
+class ChangelogMessage(ConsumedMessage, Protocol):
+    """A message consumed from a changelog topic: each record has a key, the store key
+    kwheel wrote it with (state/layout.py)."""
+
+    def key(self) -> bytes: ...
+
+
 def base_config(cfg: WorkerConfig) -> Config:
     conf: Config = {"bootstrap.servers": cfg.bootstrap_servers, "log_level": 3}
     if cfg.log_format == "json":  # librdkafka's own lines through logging: JSON too

@@ -8,6 +8,8 @@ the store.
 
 from __future__ import annotations
 
+from typing import Any
+
 from ..errors import StateTooLargeError
 from ..kafka.writer import MAX_RECORD_BYTES
 from ..record import Key
@@ -58,7 +60,9 @@ class StateCache:
             return {}
         if type(raw) is dict:
             return raw
-        return layout.decode_state(raw)
+        # raw is bytes: mypy narrows on `type(raw) is dict` only where it holds (a subclass
+        # of dict could fail it), and isinstance would cost more on this per-record path
+        return layout.decode_state(raw)  # type: ignore[arg-type]
 
     def stage(self, tag: bytes, key: Key, d: dict[str, object]) -> None:
         """Make ``d`` the key's state in the open batch (an empty dict deletes it).
@@ -74,8 +78,9 @@ class StateCache:
     def changes(self) -> list[tuple[bytes, bytes | None]]:
         """The open batch's changes as changelog records."""
         encode = layout.encode_state
+        # v is bytes or None where it is not a dict (the same narrowing as in load)
         return [
-            (layout.STATE + tag, encode(v) if type(v) is dict else v)
+            (layout.STATE + tag, encode(v) if type(v) is dict else v)  # type: ignore[misc]
             for tag, v in self.dirty.items()
         ]
 
@@ -93,10 +98,11 @@ def state_size(tag: bytes, value: bytes | dict[str, object], exact: bool = False
     kept decoded (immutable values only) is estimated from above, and encoded only when
     the estimate comes near the limit, so the usual small state costs no encoding."""
     size = len(tag) + 64  # key and record overhead
-    if type(value) is bytes:
+    if type(value) is not dict:  # encoded: bytes
         return size + len(value)
     if not exact:
         estimate = size  # pickle: UTF-8 text takes up to 4 bytes a character
+        x: Any  # dispatched on t, its exact type: mypy narrows x on type(x) is C, not on t
         for item in value.items():
             for x in item:
                 t = type(x)

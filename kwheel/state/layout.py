@@ -51,12 +51,13 @@ def state_key(key: Key) -> bytes:
     return STATE + key_tag(key)
 
 
-def encode_state(state: dict) -> bytes:
+def encode_state(state: dict[str, object]) -> bytes:
     return pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
 
 
-def decode_state(data: bytes) -> dict:
-    return pickle.loads(data)
+def decode_state(data: bytes) -> dict[str, object]:
+    state: dict[str, object] = pickle.loads(data)  # what encode_state pickled
+    return state
 
 
 def encode_u64(n: int) -> bytes:
@@ -64,7 +65,8 @@ def encode_u64(n: int) -> bytes:
 
 
 def decode_u64(b: bytes) -> int:
-    return _U64.unpack(b)[0]
+    n: int = _U64.unpack(b)[0]
+    return n
 
 
 def id_batch_key(batch: int) -> bytes:
@@ -137,6 +139,8 @@ def timer_index_key(tkey: bytes, ts: int, domain: TimeDomain) -> bytes:
 def timer_index_key_of(tkey: bytes, value: bytes) -> bytes:
     """The index key of timer ``tkey`` whose encoded value is ``value`` (restore's path:
     no decoding into a TimeDomain and back)."""
+    ts: int
+    code: bytes
     ts, code = _TIMER_VALUE.unpack(value)
     return TIMER_INDEX + code + (ts + _BIAS).to_bytes(8, "big") + tkey[1:]
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from typing import cast
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from ..errors import BrokerError
+from ..kafka.clients import ChangelogMessage, Config
 from ..pipeline import CHANGELOG_DELETE_RETENTION_MS
 from .store import TaskStore
 
@@ -25,7 +27,7 @@ STALE_AFTER_MS = CHANGELOG_DELETE_RETENTION_MS * 5 // 6
 
 def restore(
     store: TaskStore,
-    reader_conf: dict,
+    reader_conf: Config,
     topic: str,
     partition: int,
     timeout_s: float = 30.0,
@@ -86,7 +88,7 @@ def restore(
         done = False
         idle_deadline = time.monotonic() + timeout_s
         while not done:
-            msgs = reader.consume(CHUNK, timeout=0.05)
+            msgs = cast("list[ChangelogMessage]", reader.consume(CHUNK, timeout=0.05))
             if msgs:
                 idle_deadline = time.monotonic() + timeout_s
             elif time.monotonic() > idle_deadline:

@@ -14,6 +14,7 @@ import shutil
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Protocol, cast
 
 from rocksdict import Options, Rdict, WriteBatch, WriteOptions
 
@@ -26,6 +27,24 @@ log = logging.getLogger("kwheel.store")
 
 # Changelog kinds stored as they are, with no derived keys to maintain (first byte as int).
 _PLAIN_KINDS = frozenset({layout.STATE[0], layout.WATERMARK[0]})
+
+
+class RawRdict(Protocol):
+    """The calls the store makes on its Rdict, typed as they are in raw mode
+    (``Options(raw_mode=True)``): keys and values are bytes. rocksdict's stub types them
+    for its default mode, which pickles any key and value."""
+
+    def get(self, key: bytes, /) -> bytes | None: ...
+
+    def keys(self, *, from_key: bytes | None = ...) -> Iterator[bytes]: ...
+
+    def items(self, *, from_key: bytes | None = ...) -> Iterator[tuple[bytes, bytes]]: ...
+
+    def write(self, write_batch: WriteBatch, /) -> None: ...
+
+    def flush(self) -> None: ...
+
+    def close(self) -> None: ...
 
 
 class TaskStore:
@@ -44,16 +63,17 @@ class TaskStore:
             self._remove()
             self._db = self._open()
 
-    def _open(self) -> Rdict:
+    def _open(self) -> RawRdict:
         opts = Options(raw_mode=True)
         opts.create_if_missing(True)
         db = Rdict(str(self.path), opts)
         # No write-ahead log: the changelog is the log. After a crash RocksDB recovers a
         # prefix of the write batches, whose applied offset says where restore resumes.
         wo = WriteOptions()
-        wo.disable_wal = True
+        # rocksdict's stub declares disable_wal a method: it is a settable property
+        wo.disable_wal = True  # type: ignore[method-assign, assignment]
         db.set_write_options(wo)
-        return db
+        return cast(RawRdict, db)  # opened in raw mode
 
     @property
     def applied_offset(self) -> int:
