@@ -224,6 +224,8 @@ class AvroSerde:
             raise reg.failure(f"fetching schema id {sid}", e) from None
         if (found.schema_type or "AVRO") != "AVRO":
             raise SerdeError(f"schema id {sid} is a {found.schema_type} schema, not Avro")
+        if found.schema_str is None:  # an answer without the "schema" field
+            raise SerdeError(f"schema id {sid} came from the schema registry without its schema")
         try:
             w = fastavro.parse_schema(json.loads(found.schema_str))
         except Exception as e:
