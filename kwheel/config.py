@@ -147,17 +147,17 @@ def load(
     tables: dict[str, dict[str, str]] = {n: {} for n, t in hints.items() if get_origin(t) is dict}
 
     if path is not None:
-        for name, value in _read_file(path, hints).items():
-            if name in tables:
-                for k, v in value.items():
-                    tables[name][k] = v
-                    sources[f"{name}.{k}"] = "file"
-            else:
-                values[name], sources[name], origin[name] = (
-                    value,
-                    "file",
-                    f"config file {str(path)!r}",
-                )
+        settings, file_tables = _read_file(path, hints)
+        for name, table in file_tables.items():
+            for k, v in table.items():
+                tables[name][k] = v
+                sources[f"{name}.{k}"] = "file"
+        for name, value in settings.items():
+            values[name], sources[name], origin[name] = (
+                value,
+                "file",
+                f"config file {str(path)!r}",
+            )
 
     env_names = {ENV_PREFIX + n.upper() for n in hints}
     for name, typ in hints.items():
@@ -187,8 +187,11 @@ def load(
         sources[name], origin[name] = "flag", "--" + name.replace("_", "-")
         if name in tables:  # a whole table from the caller replaces the file's and env's
             sources = {k: s for k, s in sources.items() if not k.startswith(name + ".")}
+            # a table's override is a dict of settings (overrides are typed object)
             sources.update({f"{name}.{k}": "flag" for k in value})  # type: ignore[attr-defined]
     try:
+        # each value is of its field's type (converted above, or the caller's): checked
+        # by WorkerConfig.__post_init__, which mypy cannot see through **values
         return cls(**values), sources  # type: ignore[arg-type]
     except ConfigError as e:
         where = origin.get(e.field) if e.field else None
@@ -210,9 +213,12 @@ def config_path(
     return None if path is None else Path(path)
 
 
-def _read_file(path: Path, hints: dict[str, object]) -> dict[str, object]:
-    """The settings of a TOML file, converted to the fields' types; any problem is a
-    ConfigError naming the file, the key and what was expected."""
+def _read_file(
+    path: Path, hints: dict[str, object]
+) -> tuple[dict[str, object], dict[str, dict[str, str]]]:
+    """The settings of a TOML file, converted to the fields' types, and its tables of
+    pass-through settings (``[kafka]``); any problem is a ConfigError naming the file, the
+    key and what was expected."""
     where = f"config file {str(path)!r}"
     try:
         with open(path, "rb") as f:
@@ -222,6 +228,7 @@ def _read_file(path: Path, hints: dict[str, object]) -> dict[str, object]:
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{where}: not valid TOML: {e}") from None
     out: dict[str, object] = {}
+    tables: dict[str, dict[str, str]] = {}
     for name, value in data.items():
         typ = hints.get(name)
         if typ is None:
@@ -233,14 +240,14 @@ def _read_file(path: Path, hints: dict[str, object]) -> dict[str, object]:
                 raise ConfigError(
                     f"{where}: {name} must be a table ([{name}]), got {json.dumps(value, default=str)}"
                 )
-            out[name] = {
+            tables[name] = {
                 k: _table_value(v, f"{where}: {name}.{k}") for k, v in _flatten(value).items()
             }
         else:
             out[name] = _convert(
                 typ, value, text=False, where=f"{where}: {name} = {json.dumps(value, default=str)}"
             )
-    return out
+    return out, tables
 
 
 def _flatten(table: dict[str, object], prefix: str = "") -> dict[str, object]:
@@ -268,7 +275,7 @@ def _table_value(value: object, where: str) -> str:
 _TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
 
 
-_NUMBERS = {
+_NUMBERS: dict[type, tuple[type | tuple[type, ...], str]] = {
     int: (int, "an integer"),
     float: ((int, float), "a number"),
 }  # type -> (TOML types taken, name)
@@ -288,22 +295,22 @@ def _convert(typ: object, value: object, *, text: bool, where: str) -> object:
     if typ is bool:
         if isinstance(value, bool):
             return value
-        if text and value.lower() in _TRUE | _FALSE:  # type: ignore[union-attr]
-            return value.lower() in _TRUE  # type: ignore[union-attr]
+        if text and isinstance(value, str) and value.lower() in _TRUE | _FALSE:
+            return value.lower() in _TRUE
         raise ConfigError(f"{where}: expected true or false")
     if typ in _NUMBERS:
         accepted, name = _NUMBERS[typ]
         if text:
             try:
-                return typ(value)  # type: ignore[operator]
+                return typ(value)
             except ValueError:
                 raise ConfigError(f"{where}: expected {name}") from None
         if isinstance(value, accepted) and not isinstance(value, bool):
-            return typ(value)  # type: ignore[operator]
+            return typ(value)
         raise ConfigError(f"{where}: expected {name}")
     if typ in (str, Path):
         if isinstance(value, str):
-            return typ(value)  # type: ignore[operator]
+            return typ(value)
         raise ConfigError(f"{where}: expected a string")
     raise TypeError(f"WorkerConfig field of unsupported type {typ!r}")  # a programming error
 
