@@ -7,12 +7,14 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, cast
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from ..config import WorkerConfig
 from ..errors import BrokerError, FencedError
 from ..kafka import clients
+from ..kafka.clients import ConsumedMessage
 from ..kafka.fencing import is_fatal, is_fenced
 from ..logs import about, scoped
 from ..pipeline import Pipeline
@@ -22,6 +24,9 @@ from ..watermarks.transport import WatermarkPublisher
 from ..watermarks.upstream import WatermarkTable
 from .lifecycle import TaskState
 from .task import Task
+
+if TYPE_CHECKING:
+    from .metrics import WorkerMetrics
 
 HEARTBEAT_S = 1.0  # an unchanged watermark is republished this often, so idle stages advance
 MIN_PUBLISH_S = 0.03  # a changed watermark is published at most this often per task
@@ -73,7 +78,7 @@ class ComputationRunner:
         self.consumer = Consumer(conf)
         self.tasks: dict[int, Task] = {}
         self.opening: Task | None = None  # the task being fenced and restored, for metrics
-        self.metrics = None  # a WorkerMetrics when the worker serves metrics (runtime/metrics.py)
+        self.metrics: WorkerMetrics | None = None  # when the worker serves metrics
         self._last_commit = time.monotonic()
         self._open = False  # some task has an uncommitted batch
         self._pool: ThreadPoolExecutor | None = None  # commits tasks in parallel
@@ -224,14 +229,14 @@ class ComputationRunner:
             timeout = min(timeout, BUSY_WAIT_S)
         # consume(n, t) waits until it has n records or t passed: at a low rate every record
         # would wait out t. Wait for the first record only, then take what is already there.
-        first = self.consumer.poll(timeout)
+        first = cast("ConsumedMessage | None", self.consumer.poll(timeout))
         msgs = [] if first is None else [first]
         if first is not None and self.cfg.batch_size > 1:
-            msgs += self.consumer.consume(self.cfg.batch_size - 1, 0)
+            msgs += cast("list[ConsumedMessage]", self.consumer.consume(self.cfg.batch_size - 1, 0))
         if self._fatal is not None:
-            err, self._fatal = self._fatal, None
-            raise err
-        by_task: dict[int, list] = defaultdict(list)
+            fatal, self._fatal = self._fatal, None
+            raise fatal
+        by_task: dict[int, list[ConsumedMessage]] = defaultdict(list)
         for m in msgs:
             err = m.error()
             if err is not None:
@@ -273,7 +278,11 @@ class ComputationRunner:
             self.metrics.ticked(self, consumed)
         now_ms = int(time.time() * 1000)
         for p, task in list(self.tasks.items()):
-            w = task.upstream.watermark(self.table, lambda topic, p=p: consumed.get((topic, p), 0))
+
+            def position(topic: str, p: int = p) -> int:
+                return consumed.get((topic, p), 0)
+
+            w = task.upstream.watermark(self.table, position)
             task.advance(w)
             try:
                 task.fire_timers(now_ms)
@@ -346,20 +355,19 @@ class ComputationRunner:
         a commit is waiting on the broker (librdkafka releases the GIL), so the tasks'
         round trips overlap instead of adding up."""
         todo = [(p, t) for p, t in self.tasks.items() if t.needs_commit]
+        failures: list[tuple[int, Task, Exception]] = []
         if len(todo) > 1:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(
                     max_workers=8, thread_name_prefix=f"kwheel-commit-{self.spec.name}"
                 )
             results = [(p, t, self._pool.submit(self._commit_task, t)) for p, t in todo]
-            failures = []
             for p, task, future in results:
                 try:
                     future.result()
                 except Exception as e:
                     failures.append((p, task, e))
         else:
-            failures = []
             for p, task in todo:
                 try:
                     self._commit_task(task)
@@ -373,12 +381,12 @@ class ComputationRunner:
                     self._renew(task)
                 except Exception as e:
                     failures.append((p, task, e))
-        for p, task, e in failures:
-            if isinstance(e, FencedError):
+        for p, task, error in failures:
+            if isinstance(error, FencedError):
                 del self.tasks[p]
                 task.close()
         if failures:
-            fenced = [e for _, _, e in failures if isinstance(e, FencedError)]
+            fenced: list[Exception] = [e for _, _, e in failures if isinstance(e, FencedError)]
             raise (fenced or [failures[0][2]])[0]
 
     def _renew(self, task: Task) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import signal
 import time
+from typing import TYPE_CHECKING
 
 from confluent_kafka import KafkaException
 
@@ -17,6 +18,9 @@ from ..pipeline import Pipeline
 from ..watermarks.transport import WatermarkPublisher, WatermarkReader
 from ..watermarks.upstream import WatermarkTable, feeding
 from .runner import ComputationRunner
+
+if TYPE_CHECKING:
+    from .metrics import WorkerMetrics
 
 log = logging.getLogger("kwheel.worker")
 
@@ -41,7 +45,7 @@ class Worker:
         self.cfg = cfg
         self.names = names
         self.runners: list[ComputationRunner] = []
-        self.metrics = None
+        self.metrics: WorkerMetrics | None = None
         self._stop = False
 
     def stop(self, *_: object) -> None:
