@@ -53,8 +53,9 @@ class ConsumedMessage(Protocol):
 
 
 class ChangelogMessage(ConsumedMessage, Protocol):
-    """A message consumed from a changelog topic: each record has a key, the store key
-    kwheel wrote it with (state/layout.py)."""
+    """A message consumed from a changelog topic: every record has a key, the store key
+    kwheel wrote it with (state/layout.py); partition EOF events have none, and are told
+    apart by ``error()`` before their key is read."""
 
     def key(self) -> bytes: ...
 
