@@ -34,6 +34,8 @@ class WorkerConfig:
     session_timeout_ms: int = 10000
     # Seen record ids are forgotten once the input watermark passes their time plus this.
     dedup_horizon_ms: int = 3_600_000
+    # Consumed repartition records are deleted this often (DeleteRecords); 0: never.
+    repartition_purge_interval_ms: int = 30_000
     # Where to resume when the committed input offset is below the log start (records were
     # deleted before being processed): "earliest" (what is left), "latest", or "fail".
     offset_reset: str = "earliest"
@@ -65,6 +67,11 @@ class WorkerConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise _invalid(name, f"must be a positive integer, got {v!r}")
+        rp = self.repartition_purge_interval_ms
+        if not isinstance(rp, int) or isinstance(rp, bool) or rp < 0:
+            raise _invalid(
+                "repartition_purge_interval_ms", f"must be 0 (off) or a positive integer, got {rp!r}"
+            )
         t = self.startup_timeout_s
         if not isinstance(t, (int, float)) or isinstance(t, bool) or not 0 < t < float("inf"):
             raise _invalid(

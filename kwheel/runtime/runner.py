@@ -23,6 +23,7 @@ from ..watermarks.ownership import announcement, owner_control, still_owner
 from ..watermarks.transport import WatermarkPublisher
 from ..watermarks.upstream import WatermarkTable
 from .lifecycle import TaskState
+from .purge import RepartitionPurger
 from .task import Task
 
 if TYPE_CHECKING:
@@ -60,6 +61,9 @@ class ComputationRunner:
         self.publisher = publisher
         self.catch_up = catch_up  # reads the watermark topic to its end
         self.topics = [ti.topic for ti in pipeline.task_inputs(computation)]
+        self.purger = RepartitionPurger(
+            cfg, [ti.topic for ti in pipeline.task_inputs(computation) if ti.repartitioned]
+        )
         # every partition this computation writes: what its watermarks must cover
         out_topics = [r.topic for s in self.spec.outputs for r in pipeline.routes(s)]
         if self.spec.dead_letter:
@@ -388,6 +392,7 @@ class ComputationRunner:
         if failures:
             fenced: list[Exception] = [e for _, _, e in failures if isinstance(e, FencedError)]
             raise (fenced or [failures[0][2]])[0]
+        self.purger.maybe_purge(self.tasks)
 
     def _renew(self, task: Task) -> None:
         """A task whose transaction aborted goes on as a new incarnation (Task.renew), if it
@@ -434,3 +439,4 @@ class ComputationRunner:
         self.tasks.clear()
         if self._pool is not None:
             self._pool.shutdown()
+        self.purger.close()

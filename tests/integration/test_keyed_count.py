@@ -72,7 +72,9 @@ def test_key_extractor_routes_through_a_repartition_topic(kafka, name, workers):
         for i in range(2000)
     ]
     inject(kafka.bootstrap, p, events)
-    w = workers("tests.pipelines.counting:rekeyed_count", name, slot="s0")
+    # kept, to be counted below: consumed repartition records are deleted otherwise
+    keep = {"KWHEEL_REPARTITION_PURGE_INTERVAL_MS": "0"}
+    w = workers("tests.pipelines.counting:rekeyed_count", name, slot="s0", env=keep)
     wait_until(
         lambda: count_outputs(kafka.bootstrap, f"{name}.counts") >= len(events), 60, "all counts"
     )

@@ -44,6 +44,19 @@ def test_startup_timeout_must_be_a_positive_number(bad):
         WorkerConfig(startup_timeout_s=bad)
 
 
+@pytest.mark.parametrize("bad", [-1, 1.5, True, "30"])
+def test_repartition_purge_interval_is_0_or_a_positive_integer(bad):
+    with pytest.raises(
+        ConfigError,
+        match=rf"config repartition_purge_interval_ms: must be 0 \(off\) or a positive integer, got {bad!r}",
+    ):
+        WorkerConfig(repartition_purge_interval_ms=bad)
+
+
+def test_repartition_purge_can_be_off():
+    assert WorkerConfig(repartition_purge_interval_ms=0).repartition_purge_interval_ms == 0
+
+
 def test_startup_timeout_accepts_int_and_float():
     assert WorkerConfig(startup_timeout_s=2).startup_timeout_s == 2
     assert WorkerConfig(startup_timeout_s=0.5).startup_timeout_s == 0.5
