@@ -70,7 +70,8 @@ class WorkerConfig:
         rp = self.repartition_purge_interval_ms
         if not isinstance(rp, int) or isinstance(rp, bool) or rp < 0:
             raise _invalid(
-                "repartition_purge_interval_ms", f"must be 0 (off) or a positive integer, got {rp!r}"
+                "repartition_purge_interval_ms",
+                f"must be 0 (off) or a positive integer, got {rp!r}",
             )
         t = self.startup_timeout_s
         if not isinstance(t, (int, float)) or isinstance(t, bool) or not 0 < t < float("inf"):
