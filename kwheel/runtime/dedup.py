@@ -35,6 +35,8 @@ class SeenIds:
         self.store = store
         self.pending: dict[bytes, int] = {}  # id -> timestamp, first seen in the open batch
         self.bloom = Bloom(MIN_BLOOM_CAPACITY, BLOOM_FALSE_POSITIVES)
+        self.capacity = MIN_BLOOM_CAPACITY  # ids the filter holds at its false-positive rate
+        self.added = 0  # ids put in the filter since it was built (committed batches)
         self.next_batch = 0
         self.batches: list[tuple[int, int]] = []  # (batch, newest id timestamp): for expiry
 
@@ -42,9 +44,18 @@ class SeenIds:
         """Take up the store's ids (after a restore)."""
         self.next_batch = self.store.next_batch
         self.batches = list(self.store.id_batches())
+        self._rebuild()
+
+    def _rebuild(self) -> None:
+        """A filter of the ids the store keeps, sized for twice as many: built at open, and
+        again once as many ids were added as it was sized for. A Bloom filter cannot
+        forget, so the rebuild is also what drops the ids expiry has removed; without it
+        an ever-fuller filter would send most new ids to RocksDB."""
         seen = list(self.store.seen_ids())
-        self.bloom = Bloom(max(MIN_BLOOM_CAPACITY, 2 * len(seen)), BLOOM_FALSE_POSITIVES)
+        self.capacity = max(MIN_BLOOM_CAPACITY, 2 * len(seen))
+        self.bloom = Bloom(self.capacity, BLOOM_FALSE_POSITIVES)
         self.bloom.update(seen)
+        self.added = len(seen)
 
     def seen(self, rid: bytes) -> bool:
         return rid in self.pending or (rid in self.bloom and self.store.has_seen(rid))
@@ -76,7 +87,10 @@ class SeenIds:
             self.batches = [e for e in self.batches if e[0] not in gone]
         if changes.new_batch is not None:
             self.batches.append(changes.new_batch)
+        self.added += len(self.pending)
         self.pending = {}
+        if self.added > self.capacity:
+            self._rebuild()
 
     def discard(self) -> None:
         """Forget the open batch's ids (the Bloom filter keeps them: a false positive only

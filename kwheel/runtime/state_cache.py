@@ -8,6 +8,7 @@ the store.
 
 from __future__ import annotations
 
+from itertools import islice
 from typing import Any
 
 from ..errors import StateTooLargeError
@@ -35,7 +36,7 @@ class StateCache:
     def __init__(self, store: TaskStore, max_keys: int = MAX_CACHED_KEYS):
         self.store = store
         self.max_keys = max_keys
-        self.clean: dict[bytes, Held] = {}  # committed values, bounded by max_keys
+        self.clean: dict[bytes, Held] = {}  # committed values, least recently used first
         self.dirty: dict[bytes, Held] = {}  # the open batch's changes
 
     def load(self, tag: bytes) -> dict[str, object]:
@@ -46,16 +47,17 @@ class StateCache:
         else:
             clean = self.clean
             if tag in clean:
-                raw = clean[tag]
+                raw = clean.pop(tag)  # used: to the end, the last to be evicted
+                clean[tag] = raw
             else:
                 raw = self.store.get(layout.STATE + tag)
                 if raw is not None:
                     d = layout.decode_state(raw)
                     if immutable(d):
                         raw = d
-                if len(clean) >= self.max_keys:
-                    clean.clear()
                 clean[tag] = raw
+                if len(clean) > self.max_keys:
+                    self._evict()
         if raw is None:
             return {}
         if type(raw) is dict:
@@ -88,6 +90,16 @@ class StateCache:
         """The open batch's changes are in the store now."""
         self.clean.update(self.dirty)
         self.dirty = {}
+        if len(self.clean) > self.max_keys:
+            self._evict()
+
+    def _evict(self) -> None:
+        """Drop the least recently used keys, down to seven eighths of the bound (in one
+        pass: dicts keep insertion order, and a key used is moved to the end)."""
+        clean = self.clean
+        n = len(clean) - self.max_keys + self.max_keys // 8
+        for tag in list(islice(clean, n)):
+            del clean[tag]
 
     def discard(self) -> None:
         self.dirty = {}

@@ -180,6 +180,20 @@ def test_a_dead_letter_stream_takes_the_failing_record_with_its_error():
         assert d.outputs("dead")[0].value == dead.value()
 
 
+def test_a_copy_of_a_dead_lettered_record_is_a_duplicate_in_the_same_process():
+    """The id of a dead-lettered record is seen like any other: a copy re-sent in a later
+    batch, with no restart in between, is dropped, not dead-lettered again."""
+    with PipelineDriver(two_stage(dead_letter=True), wall_clock_ms=0) as d:
+        rid = d.send("events", "a", {"seq": 1, "poison": True}, timestamp=1)
+        d.run()
+        d.send("events", "a", {"seq": 1, "poison": True}, timestamp=1, id=rid)
+        d.send("events", "a", {"seq": 2}, timestamp=2)
+        d.run()
+        assert len(d.messages("dead")) == 1
+        assert values(d.outputs("counts"), "count") == [(1,)]
+        assert d.stats("counter")["duplicates"] == 1
+
+
 def test_state_timers_and_seen_ids_survive_a_restart_from_the_changelog_alone(driver):
     rid = driver.send("events", "a", {"seq": 1}, timestamp=1500)
     driver.send("events", "b", {"seq": 2}, timestamp=1600)
