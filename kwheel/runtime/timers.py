@@ -14,7 +14,7 @@ class TimerTable:
     def __init__(self, store: TaskStore):
         self.store = store
         self.changes: dict[bytes, bytes | None] = {}
-        self.pending = store.count_prefix(layout.TIMER)
+        self.pending = store.timer_count
 
     def value(self, tkey: bytes) -> bytes | None:
         return self.changes[tkey] if tkey in self.changes else self.store.get(tkey)
@@ -62,7 +62,7 @@ class TimerTable:
     def reload(self) -> None:
         """Count the store's timers again (after a restore)."""
         self.changes = {}
-        self.pending = self.store.count_prefix(layout.TIMER)
+        self.pending = self.store.timer_count
 
     def committed(self) -> None:
         """The batch's changes are in the store now."""
@@ -71,4 +71,4 @@ class TimerTable:
     def discard(self) -> None:
         if self.changes:
             self.changes = {}
-            self.pending = self.store.count_prefix(layout.TIMER)
+            self.pending = self.store.timer_count

@@ -29,6 +29,7 @@ META = b"m"
 APPLIED_OFFSET = META + b"applied"
 APPLIED_AT = META + b"applied_at"
 NEXT_BATCH = META + b"batch"
+TIMER_COUNT = META + b"timers"  # how many timers the store holds (kept by apply)
 
 _U64 = struct.Struct(">q")
 _ID_ENTRY = struct.Struct(">Hq")  # id length, timestamp

@@ -51,6 +51,7 @@ class TaskStore:
     def __init__(self, path: Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._timers: int | None = None  # timer_count, once read
         self._lock = _hold_lock(self.path.with_name(self.path.name + ".lock"), self.path)
         try:
             self._db = self._open()
@@ -111,6 +112,7 @@ class TaskStore:
             return written[k] if k in written else self._db.get(k)
 
         restored_batch = self.next_batch if next_batch is None else 0
+        timers = self.timer_count
         put, delete = wb.put, wb.delete
         plain = _PLAIN_KINDS
         for key, value in changes:
@@ -125,8 +127,10 @@ class TaskStore:
                 old = old_value(key)
                 if old is not None:
                     wb.delete(layout.timer_index_key_of(key, old))
+                    timers -= 1
                 if value is not None:
                     wb.put(layout.timer_index_key_of(key, value), b"")
+                    timers += 1
             elif kind == layout.ID_BATCH:
                 if value is None:
                     old = old_value(key)
@@ -155,7 +159,22 @@ class TaskStore:
         )
         wb.put(layout.APPLIED_OFFSET, layout.encode_u64(offset))
         wb.put(layout.APPLIED_AT, layout.encode_u64(int(time.time() * 1000)))
+        if timers != self._timers:
+            wb.put(layout.TIMER_COUNT, layout.encode_u64(timers))
         self._db.write(wb)
+        self._timers = timers
+
+    @property
+    def timer_count(self) -> int:
+        """How many timers the store holds: kept by ``apply`` in the same write batch, so
+        opening a task with a million timers does not count them. A store written before
+        the count was kept is counted once."""
+        if self._timers is None:
+            raw = self._db.get(layout.TIMER_COUNT)
+            self._timers = (
+                self.count_prefix(layout.TIMER) if raw is None else layout.decode_u64(raw)
+            )
+        return self._timers
 
     def checkpoint(self) -> None:
         """Persist what is applied so far (there is no WAL): a long restore killed midway
@@ -204,6 +223,7 @@ class TaskStore:
         self._db.close()
         self._remove()
         self._db = self._open()
+        self._timers = None
 
     def _remove(self) -> None:
         # rename first: a crash mid-delete must not leave a half store under the real name

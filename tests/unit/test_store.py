@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from kwheel.errors import StateError
 from kwheel.record import TimeDomain
@@ -425,3 +429,53 @@ def test_count_prefix_follows_deletes(store):
 def test_count_prefix_of_empty_prefix_counts_every_key(store):
     store.apply([state_put("a", {"x": 1})], offset=0)
     assert store.count_prefix(b"") == len(list(store._db.keys()))
+
+
+# ---- the timer count kept with the timers ----------------------------------------------------
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.lists(
+            st.tuples(st.sampled_from("abcd"), st.one_of(st.none(), st.integers(-5, 5))),
+            max_size=6,
+        ),
+        max_size=6,
+    )
+)
+def test_the_timer_count_is_kept_by_apply_across_reopening(batches):
+    """A store keeps how many timers it holds (opening a task does not count them): after
+    every apply, and after reopening, it equals a count of the timer keys."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "c-0"
+        s = TaskStore(path)
+        try:
+            for offset, batch in enumerate(batches):
+                changes = [
+                    timer_put(k, "t", ts) if ts is not None else timer_del(k, "t")
+                    for k, ts in batch
+                ]
+                s.apply(changes, offset)
+                assert s.timer_count == s.count_prefix(layout.TIMER)
+            s.close()
+            s = TaskStore(path)
+            assert s.timer_count == s.count_prefix(layout.TIMER)
+            s.wipe()
+            assert s.timer_count == 0
+        finally:
+            s.close()
+
+
+def test_a_store_without_a_kept_count_is_counted_once(tmp_path):
+    s = TaskStore(tmp_path / "c-0")
+    s.apply([timer_put("a", "t", 1), timer_put("b", "t", 2)], 0)
+    s._db.delete(layout.TIMER_COUNT)  # as written by a kwheel before the count was kept
+    s.close()
+    s = TaskStore(tmp_path / "c-0")
+    try:
+        assert s.timer_count == 2
+        s.apply([timer_del("a", "t")], 1)
+        assert layout.decode_u64(s.get(layout.TIMER_COUNT)) == 1
+    finally:
+        s.close()
