@@ -22,13 +22,17 @@ import logging
 import os
 import time
 from dataclasses import asdict
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .task import Task
 
 ENV = "KWHEEL_STATS_FILE"
 
 log = logging.getLogger("kwheel.stats")
 
 
-def write(event: str, task, **extra: object) -> None:
+def write(event: str, task: Task, **extra: object) -> None:
     """Append ``event`` about ``task`` (a runtime Task) to the stats file, if one is set.
     Never raises: a task must open and close whatever happens to this file."""
     path = os.environ.get(ENV)
