@@ -3,6 +3,7 @@ logs; ``kwheel worker`` processes also report their tasks' counters (``task_coun
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -15,6 +16,7 @@ from typing import Any, Self, TypeVar, cast
 from .stats import ENV as STATS_ENV
 from .stats import read_events, task_counters
 
+logger = logging.getLogger("kwheel.testing")
 T = TypeVar("T")
 
 
@@ -141,7 +143,12 @@ class Process:
             try:
                 self.proc.wait(timeout_s)
             except subprocess.TimeoutExpired:
-                pass
+                logger.warning(
+                    "pid %d did not stop within %gs: SIGKILL to its %s",
+                    self.proc.pid,
+                    timeout_s,
+                    "process group" if self.new_session else "process",
+                )
         try:
             if self.new_session:
                 os.killpg(self.proc.pid, signal.SIGKILL)
