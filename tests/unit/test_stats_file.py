@@ -10,7 +10,7 @@ import time
 from types import SimpleNamespace
 
 from kwheel.runtime import stats_file
-from kwheel.runtime.task import TaskCounters
+from kwheel.runtime.lifecycle import TaskCounters
 from kwheel.testing.processes import Process, WorkerProcess
 from kwheel.testing.stats import read_events, sum_counters, task_counters
 
