@@ -1,4 +1,4 @@
-"""``python -m benchmarks`` is ``python -m benchmarks.run``."""
+"""``python -m benchmarks [FIGURE ...] [options]`` is ``python -m benchmarks.run``."""
 
 from .run import main
 

@@ -1,9 +1,8 @@
-"""Test helpers: inject records, read committed outputs, compute references, parse worker stats."""
+"""Test helpers: inject records, read committed outputs, compute references."""
 
 from __future__ import annotations
 
 import json
-import re
 import time
 from collections import Counter, defaultdict
 
@@ -12,7 +11,10 @@ from kwheel.kafka.clients import wait_for_broker
 from kwheel.kafka.topics import create_topics
 from kwheel.kafka.writer import StreamProducer
 from kwheel.pipeline import Pipeline
-from kwheel.testing.readers import read_committed
+from kwheel.testing.readers import (
+    committed_total,  # noqa: F401 (the tests import it from here)
+    read_committed,
+)
 
 
 def setup_topics(bootstrap: str, pipeline: Pipeline) -> None:
@@ -70,34 +72,6 @@ def check_exact_counts(
             f"key {k}: counts {sorted(seen[k])[:10]}... expected 1..{n}"
         )
     return records
-
-
-def worker_stats(log: str, computation: str = "") -> dict[str, int]:
-    """Sum the counters every task (of ``computation``, if given) reported when it closed."""
-    total: Counter = Counter()
-    for m in re.finditer(r"(\S+)\[\d+\]: closed (\{.*\})", log):
-        if not computation or m.group(1) == computation:
-            total.update(json.loads(m.group(2)))
-    return dict(total)
-
-
-def committed_total(bootstrap: str, group: str, topic: str, partitions: int) -> int:
-    """Sum of the group's committed offsets on ``topic``: cheap progress for polling."""
-    from confluent_kafka import Consumer, TopicPartition
-
-    c = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": group,
-            "enable.auto.commit": False,
-            "log_level": 0,
-        }
-    )
-    try:
-        parts = c.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=10)
-        return sum(max(tp.offset, 0) for tp in parts)
-    finally:
-        c.close()
 
 
 def changelog_state(bootstrap: str, topic: str) -> dict:

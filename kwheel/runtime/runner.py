@@ -22,6 +22,7 @@ from ..watermarks.control import task_producer_id
 from ..watermarks.ownership import announcement, owner_control, still_owner
 from ..watermarks.transport import WatermarkPublisher
 from ..watermarks.upstream import WatermarkTable
+from . import stats_file
 from .lifecycle import TaskState
 from .purge import RepartitionPurger
 from .task import Task
@@ -126,6 +127,7 @@ class ComputationRunner:
                     starts,
                     extra=about(self.tasks[p]),
                 )
+                stats_file.write("ready", self.tasks[p])
         except Exception as e:  # raised inside librdkafka's callback: surface it from step()
             self._fatal = e
         self.opening = None

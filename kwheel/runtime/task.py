@@ -34,6 +34,7 @@ from ..state import layout
 from ..state.restore import restore
 from ..state.store import TaskStore
 from ..watermarks.upstream import Upstream
+from . import stats_file
 from .calls import Batch, Calls
 from .context import TaskContext
 from .dedup import IdChanges, SeenIds
@@ -181,6 +182,7 @@ class Task:
                 n,
                 time.monotonic() - started,
             )
+        stats_file.write("restored", self, seconds=round(time.monotonic() - started, 4))
 
     def _restoring(self, applied: int, total: int) -> None:
         self.counters.restored, self.counters.restore_total = applied, total
@@ -223,6 +225,7 @@ class Task:
             log.warning("%s: abort on close failed: %s", self.name, e)
             self._discard()
         log.info("%s: closed %s", self.name, json.dumps(asdict(self.counters)))
+        stats_file.write("closed", self)
         self.txn.let_go(5)
         self.state = TaskState.CLOSED
         self.store.close()

@@ -25,6 +25,7 @@ from ..watermarks import MAX_WATERMARK, MIN_WATERMARK
 from ..watermarks.control import Control, task_producer_id
 from .processes import WorkerProcess, wait_until
 from .readers import read_committed
+from .stats import sum_counters
 
 TEST_INJECTOR = "kwheel-test"
 
@@ -213,6 +214,12 @@ class PipelineRun:
             latest.get(task_producer_id(computation, p), MIN_WATERMARK)
             for p in range(spec.partitions)
         )
+
+    def stats(self, computation: str) -> dict[str, int]:
+        """The counters of ``computation``'s tasks summed, as ``PipelineDriver.stats`` (without
+        ``pending_timers``), over the tasks its workers closed: a task closes when its worker
+        stops or gives it up, so ask after ``stop_workers()``."""
+        return sum_counters(e for w in self.workers for e in w.task_events("closed", computation))
 
     def wait_for_watermark(
         self, computation: str, watermark: int = MAX_WATERMARK, timeout_s: float = 120.0

@@ -1,5 +1,6 @@
 """Read what a pipeline on a broker committed: a topic's records as a read_committed
-consumer sees them, and the low watermarks its tasks publish."""
+consumer sees them (all of them, or following the topic), the low watermarks its tasks
+publish, and a consumer group's committed offsets."""
 
 from __future__ import annotations
 
@@ -84,9 +85,10 @@ def read_committed(bootstrap: str, topic: str, timeout_s: float = 30.0) -> list[
 
 
 class CommittedTail:
-    """Follow a topic from its start, returning newly committed records on each ``poll()``."""
+    """Follow a topic from its start, returning newly committed records on each ``poll()``.
+    ``config`` adds or overrides consumer settings (e.g. ``fetch.wait.max.ms``)."""
 
-    def __init__(self, bootstrap: str, topic: str):
+    def __init__(self, bootstrap: str, topic: str, config: dict[str, object] | None = None):
         self._c = Consumer(
             {
                 "bootstrap.servers": bootstrap,
@@ -95,14 +97,17 @@ class CommittedTail:
                 "enable.auto.commit": False,
                 "auto.offset.reset": "earliest",
                 "log_level": 3,
+                **(config or {}),
             }
         )
         md = self._c.list_topics(topic, timeout=10).topics[topic]
         self._c.assign([TopicPartition(topic, p, 0) for p in md.partitions])
 
-    def poll(self, timeout_s: float = 0.5) -> list[CommittedRecord]:
+    def poll(self, timeout_s: float = 0.5, max_records: int = 100_000) -> list[CommittedRecord]:
+        """What was committed since the last call: librdkafka's ``consume`` returns once it
+        has ``max_records`` or ``timeout_s`` passed."""
         out = []
-        for m in cast("list[ConsumedMessage]", self._c.consume(100_000, timeout_s)):
+        for m in cast("list[ConsumedMessage]", self._c.consume(max_records, timeout_s)):
             if m.error() is None:
                 hdrs = tuple(m.headers() or ())
                 rid = next((v for k, v in hdrs if k == ID_HEADER), None)
@@ -146,3 +151,46 @@ class WatermarkTail:
 
     def close(self) -> None:
         self._reader.close()
+
+
+class CommittedOffsets:
+    """A consumer group's committed offsets and topics' end offsets, through one client
+    that stays open, so polling them costs one request each (``OffsetFetch``, which does
+    not touch the group's members)."""
+
+    def __init__(self, bootstrap: str, group: str):
+        self._c = Consumer(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": group,
+                "enable.auto.commit": False,
+                "log_level": 0,
+            }
+        )
+
+    def total(self, topic: str, partitions: int) -> int:
+        """Sum of the group's committed offsets on ``topic``: its progress."""
+        tps = self._c.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=10)
+        return sum(max(tp.offset, 0) for tp in tps)
+
+    def ends(self, topic: str, partitions: int) -> list[int]:
+        """Each partition's end offset (high watermark)."""
+        return [
+            self._c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+            for p in range(partitions)
+        ]
+
+    def close(self) -> None:
+        self._c.close()
+
+    def __enter__(self) -> CommittedOffsets:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def committed_total(bootstrap: str, group: str, topic: str, partitions: int) -> int:
+    """Sum of ``group``'s committed offsets on ``topic``: cheap progress for polling."""
+    with CommittedOffsets(bootstrap, group) as c:
+        return c.total(topic, partitions)

@@ -39,3 +39,4 @@ def test_counts_end_to_end_match_the_driver(kwheel_driver, kwheel_pipeline_runne
     assert sorted((r.key, r.value["count"], r.timestamp, r.id) for r in on_kafka) == sorted(
         (r.key, r.value["count"], r.timestamp, r.id) for r in d.outputs("counts")
     )
+    assert run.stats("counter")["processed"] == d.stats("counter")["processed"] == len(EVENTS)

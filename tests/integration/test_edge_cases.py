@@ -14,7 +14,6 @@ from tests.helpers import (
     inject,
     make_events,
     setup_topics,
-    worker_stats,
 )
 from tests.pipelines.counting import flaky_count, flaky_count_dlq, keyed_count
 
@@ -40,7 +39,7 @@ def test_deleted_state_dir_is_restored_from_the_changelog(kafka, name, workers, 
     )
     assert w.stop() == 0
     check_exact_counts(kafka.bootstrap, f"{name}.counts", Counter(k for k, _ in events))
-    assert worker_stats(w.log())["restored"] > 0
+    assert w.task_counters()["restored"] > 0
 
 
 def test_a_worker_started_before_its_topics_waits_for_them(kafka, name, workers):
@@ -251,7 +250,7 @@ def test_committed_offset_below_the_log_start_warns_and_resumes(kafka, name, wor
         "committed offset 100 of" in w.log()
         and "is below the log start 250: 150 records were deleted" in w.log()
     )
-    assert worker_stats(w.log())["processed"] == 50
+    assert w.task_counters()["processed"] == 50
 
 
 def test_a_user_function_slower_than_the_transaction_timeout_is_aborted_and_retried(
@@ -280,7 +279,7 @@ def test_a_user_function_slower_than_the_transaction_timeout_is_aborted_and_retr
     # the slow task's batch, and any other task's batch left open while it slept
     lines = [l for l in w.log().splitlines() if "longer than transaction_timeout_ms=3000" in l]
     assert lines and all("counter[" in l and "aborting it and retrying" in l for l in lines)
-    assert worker_stats(w.log())["aborts"] >= 1
+    assert w.task_counters()["aborts"] >= 1
 
 
 def test_a_worker_started_while_the_broker_is_down_waits_for_it(kafka, name, workers):

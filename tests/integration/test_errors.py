@@ -158,7 +158,6 @@ def test_a_worker_stopped_by_a_poison_record_raises_no_watermark_past_records_it
     # injector's final one) and committed it: after the fix, every one of its records came late.
     from kwheel.config import WorkerConfig
     from kwheel.injector import Injector
-    from tests.helpers import worker_stats
 
     p = flaky_count(name)
     setup_topics(kafka.bootstrap, p)
@@ -184,4 +183,4 @@ def test_a_worker_stopped_by_a_poison_record_raises_no_watermark_past_records_it
     )
     assert cured.stop() == 0
     check_exact_counts(kafka.bootstrap, f"{name}.counts", Counter(k for k, _ in events))
-    assert worker_stats(cured.log())["late"] == 0
+    assert cured.task_counters()["late"] == 0

@@ -29,7 +29,6 @@ from tests.helpers import (
     latest_watermark,
     records_behind_a_usable_watermark,
     setup_topics,
-    worker_stats,
 )
 from tests.pipelines.relay_windows import pipeline
 
@@ -121,7 +120,7 @@ class Run:
             "win to reach the end of input",
         )
         assert self.win.stop() == 0
-        late = worker_stats(self.win.log(), "win")["late"]
+        late = self.win.task_counters("win")["late"]
         expected: dict[tuple[str, int], tuple[int, int]] = {}
         for key, ts, seq in self.events:
             count, total = expected.get((key, ts // 1000 * 1000), (0, 0))
@@ -210,7 +209,7 @@ def test_a_relay_transaction_aborted_after_its_watermark_rose(kafka, name, worke
     assert mark.exists()
     run.behind_at_faults.append(run.backlog())
     assert run.relay.stop() == 0
-    assert worker_stats(run.relay.log(), "relay")["aborts"] >= 1
+    assert run.relay.task_counters("relay")["aborts"] >= 1
     run.check_results()
 
 

@@ -19,7 +19,6 @@ from tests.helpers import (
     latest_watermark,
     read_controls,
     setup_topics,
-    worker_stats,
 )
 from tests.pipelines.injected import from_file, from_topic
 
@@ -78,7 +77,7 @@ def test_json_lines_shared_by_two_processes_and_re_read_without_duplicates(
     )
     assert w.stop() == 0
     check_exact_counts(kafka.bootstrap, f"{name}.counts", Counter(e["user"] for e in events))
-    assert worker_stats(w.log())["duplicates"] == len(events)
+    assert w.task_counters()["duplicates"] == len(events)
 
 
 def test_an_existing_topic_is_injected_with_ids_from_positions(kafka, name, workers):
@@ -124,4 +123,4 @@ def test_an_existing_topic_is_injected_with_ids_from_positions(kafka, name, work
         assert inj.stop() == 0, inj.log()
     assert w.stop() == 0
     check_exact_counts(kafka.bootstrap, f"{name}.counts", Counter(e["user"] for e in events))
-    assert worker_stats(w.log())["duplicates"] == len(events)
+    assert w.task_counters()["duplicates"] == len(events)

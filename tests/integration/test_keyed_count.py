@@ -9,7 +9,6 @@ from tests.helpers import (
     inject,
     make_events,
     setup_topics,
-    worker_stats,
 )
 from tests.pipelines.counting import keyed_count, rekeyed_count
 
@@ -25,7 +24,7 @@ def test_two_stage_keyed_count_is_exact(kafka, name, workers):
     )
     assert w.stop() == 0
     check_exact_counts(kafka.bootstrap, f"{name}.counts", Counter(k for k, _ in events))
-    stats = worker_stats(w.log())
+    stats = w.task_counters()
     assert stats["processed"] == len(events)
     assert stats["duplicates"] == 0
 
@@ -55,7 +54,7 @@ def test_duplicate_record_ids_are_dropped_and_counted(kafka, name, workers):
     expected = Counter(k for k, _ in events)
     expected["u1"] += 1
     check_exact_counts(kafka.bootstrap, f"{name}.counts", expected)
-    stats = worker_stats(w.log())
+    stats = w.task_counters()
     assert stats["duplicates"] == 400
     assert stats["processed"] == len(events) + 1
 

@@ -19,7 +19,7 @@ from kwheel.runtime.task import MAX_FIRES_PER_TICK
 from kwheel.testing.processes import wait_until
 from kwheel.testing.readers import read_committed
 from kwheel.watermarks import MAX_WATERMARK
-from tests.helpers import committed_total, latest_watermark, setup_topics, worker_stats
+from tests.helpers import committed_total, latest_watermark, setup_topics
 
 KEYS = int(os.environ.get("KWHEEL_TEST_TIMER_KEYS", "1000000"))  # about 2 minutes on 2 cores
 
@@ -92,6 +92,6 @@ def test_a_million_windows_closing_at_once_fire_in_bounded_transactions(kafka, n
     closed = read_committed(kafka.bootstrap, f"{name}.closed", timeout_s=120)
     keys = [json.loads(r.value)["key"] for r in closed]
     assert len(keys) == len(set(keys)) == KEYS
-    stats = worker_stats(w.log(), "closer")
+    stats = w.task_counters("closer")
     assert stats["aborts"] == 0 and stats["timers_fired"] == KEYS
     assert stats["commits"] >= KEYS // MAX_FIRES_PER_TICK

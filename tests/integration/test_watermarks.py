@@ -15,7 +15,6 @@ from tests.helpers import (
     read_controls,
     records_behind_a_usable_watermark,
     setup_topics,
-    worker_stats,
 )
 from tests.pipelines.windows import three_stage, wall_timers
 
@@ -158,7 +157,7 @@ def test_event_time_windows_fire_once_with_exact_counts(kafka, name, workers):
     check_windows(kafka, name, events)
     mid = [json.loads(r.value) for r in read_committed(kafka.bootstrap, f"{name}.mid")]
     assert len(mid) == len(events) and not any(m["late"] for m in mid)
-    assert worker_stats(w.log())["late"] == 0
+    assert w.task_counters()["late"] == 0
 
 
 def test_a_record_behind_the_watermark_is_flagged_late_and_counted(kafka, name, workers):
@@ -188,7 +187,7 @@ def test_a_record_behind_the_watermark_is_flagged_late_and_counted(kafka, name, 
     mid = [json.loads(r.value) for r in read_committed(kafka.bootstrap, f"{name}.mid")]
     assert len(mid) == 21
     assert [m["seq"] for m in mid if m["late"]] == [999]
-    assert worker_stats(w.log(), "tagger")["late"] == 1
+    assert w.task_counters("tagger")["late"] == 1
 
 
 def test_timers_fire_exactly_once_across_sigkills(kafka, name, workers, tmp_path):
@@ -363,7 +362,7 @@ def test_seen_ids_are_forgotten_once_the_watermark_passes_the_horizon(kafka, nam
     assert w.stop() == 0
     mid = [json.loads(r.value) for r in read_committed(kafka.bootstrap, f"{name}.mid")]
     assert [(m["seq"], m["late"]) for m in mid] == [(1, False), (1, True)]
-    assert worker_stats(w.log(), "tagger")["duplicates"] == 1
+    assert w.task_counters("tagger")["duplicates"] == 1
 
 
 def test_a_zombie_watermark_after_the_next_owner_announced_is_ignored(kafka, name, workers):

@@ -11,7 +11,7 @@ from kwheel.injector import BoundedDisorder, Injector
 from kwheel.testing.processes import wait_until
 from kwheel.testing.readers import read_committed
 from kwheel.watermarks import MAX_WATERMARK
-from tests.helpers import latest_watermark, setup_topics, worker_stats
+from tests.helpers import latest_watermark, setup_topics
 from tests.pipelines import windowed
 
 DISORDER_MS = 300
@@ -53,7 +53,7 @@ def run(kafka, name, workers, make, events):
         "end of input",
     )
     assert w.stop() == 0
-    assert worker_stats(w.log(), "agg")["late"] == 0
+    assert w.task_counters("agg")["late"] == 0
     return results(kafka, name)
 
 
@@ -189,6 +189,4 @@ def test_allowed_lateness_re_emits_late_records_and_drops_later_ones(kafka, name
     dropped = [json.loads(r.value) for r in read_committed(kafka.bootstrap, f"{name}.dropped")]
     assert [(d["seq"], d["timestamp"]) for d in dropped] == [(6, t0 + 700)]
     assert dropped[0]["watermark"] >= t0 + 3000
-    assert (
-        worker_stats(w.log(), "agg")["late"] == 2
-    )  # both records behind the watermark were flagged
+    assert w.task_counters("agg")["late"] == 2  # both records behind the watermark were flagged
