@@ -19,10 +19,11 @@ from ..kafka.fencing import is_fatal, is_fenced
 from ..logs import about, scoped
 from ..pipeline import Pipeline
 from ..watermarks.control import task_producer_id
-from ..watermarks.ownership import announcement, owner_control, still_owner
+from ..watermarks.ownership import owner_control
 from ..watermarks.transport import WatermarkPublisher
 from ..watermarks.upstream import WatermarkTable
 from . import stats_file
+from .claims import TaskClaims
 from .lifecycle import TaskState
 from .purge import RepartitionPurger
 from .task import Task
@@ -76,6 +77,7 @@ class ComputationRunner:
         self.streams_out = list(self.spec.outputs) + (
             [self.spec.dead_letter] if self.spec.dead_letter else []
         )
+        self.claims = TaskClaims(computation, self.streams_out, cfg, table, publisher, catch_up)
         self._committed: dict[tuple[str, int], int] = {}
         self._published: dict[int, tuple[int, float]] = {}  # partition -> (watermark, when)
         instance = f"{cfg.slot}" if cfg.slot else None
@@ -99,7 +101,7 @@ class ComputationRunner:
             if fresh:
                 self.catch_up()  # the newest incarnation every task announced
             for p in fresh:
-                incarnation, token = self._announce(p)
+                incarnation, token = self.claims.announce(p)
                 task = Task(self.pipeline, self.spec, p, self.cfg, consumer)
                 # fences the previous owners first: the offsets below are final
                 self.opening = task
@@ -107,7 +109,7 @@ class ComputationRunner:
                     task.open(
                         incarnation,
                         fence_from=max(0, incarnation - FENCE_BACK),
-                        check_owner=self._check_still_owner,
+                        check_owner=self.claims.check_still_owner,
                         owner=token,
                     )
                 except Exception:
@@ -155,49 +157,6 @@ class ComputationRunner:
             if (tp.topic, tp.partition) == (committed.topic, committed.partition):
                 tp.offset = to
         self._committed[(committed.topic, committed.partition)] = to
-
-    def _announce(self, p: int) -> tuple[int, str]:
-        """Claim the next incarnation of task ``p`` on the watermark topic, before using it.
-
-        From the announcement on, every reader drops what earlier openings publish (a
-        zombie's watermarks). Reading the topic back up to it takes in whatever the old
-        owner published before it, so this one resumes at or above that (ownership.py)."""
-        pid = task_producer_id(self.spec.name, p)
-        control = announcement(self.table, pid, self.streams_out, int(time.time() * 1000))
-        self.publisher.publish(control)
-        if self.publisher.flush(
-            self.cfg.startup_timeout_s
-        ):  # the fencing below relies on it being there
-            raise BrokerError(
-                f"task {pid}: could not announce incarnation {control.incarnation} on the watermark "
-                f"topic within startup_timeout_s={self.cfg.startup_timeout_s:g}"
-            )
-        self.catch_up()
-        owner = self.table.owner(pid)
-        if owner is not None and owner[0] > control.incarnation:
-            # Ours was written after a newer one (we read the topic before it came): on the
-            # compacted topic ours would replace it, so write the owner's claim again.
-            self.publisher.publish(self.table.announcements[pid])
-            self.publisher.flush(self.cfg.startup_timeout_s)
-            raise FencedError(
-                f"task {pid}: incarnation {owner[0]} took it over while this process was announcing "
-                f"incarnation {control.incarnation}"
-            )
-        return control.incarnation, control.owner
-
-    def _check_still_owner(self, task: Task) -> None:
-        """Fencing by transactional id holds only if this process opened its id before the
-        next owner fenced it: a process paused while opening (a zombie) would reopen it on
-        waking and could write again. The next owner announces itself before fencing, so
-        if no later announcement is on the topic now, this one's id is the live one."""
-        self.catch_up()
-        pid = task_producer_id(self.spec.name, task.partition)
-        if not still_owner(self.table, pid, task.incarnation, task.owner):
-            newer = self.table.owner(pid)
-            raise FencedError(
-                f"task {task.name} was fenced: incarnation {newer[0] if newer else '?'} took it over "
-                f"while this process was opening incarnation {task.incarnation}"
-            )
 
     def _on_revoke(self, consumer: Consumer, parts: list[TopicPartition]) -> None:
         for p in sorted({tp.partition for tp in parts}):
@@ -399,9 +358,9 @@ class ComputationRunner:
     def _renew(self, task: Task) -> None:
         """A task whose transaction aborted goes on as a new incarnation (Task.renew), if it
         is still its owner: a zombie's abort may succeed before its successor fenced it."""
-        self._check_still_owner(task)
-        incarnation, token = self._announce(task.partition)
-        task.renew(incarnation, check_owner=self._check_still_owner, owner=token)
+        self.claims.check_still_owner(task)
+        incarnation, token = self.claims.announce(task.partition)
+        task.renew(incarnation, check_owner=self.claims.check_still_owner, owner=token)
         log.info(
             "%s: renewed as incarnation %d after an abort",
             task.name,

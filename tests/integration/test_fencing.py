@@ -126,15 +126,15 @@ def test_an_owner_that_finishes_opening_after_its_successor_announced_gives_up(
     p = keyed_count(name, partitions=1).validate()
     setup_topics(kafka.bootstrap, p)
     with _processes(kafka, p, tmp_path, "zombie", "successor") as (zombie, successor):
-        incarnation, token = zombie._announce(0)
+        incarnation, token = zombie.claims.announce(0)
         assert incarnation == 1
         # the zombie pauses here; its successor is assigned the task, announces and opens it
         successor.catch_up()  # as _on_assign does first
-        incarnation, token2 = successor._announce(0)
+        incarnation, token2 = successor.claims.announce(0)
         assert incarnation == 2
         task = Task(p, p.computations["counter"], 0, successor.cfg, successor.consumer)
         task.open(
-            2, fence_from=0, check_owner=successor._check_still_owner, owner=token2
+            2, fence_from=0, check_owner=successor.claims.check_still_owner, owner=token2
         )  # the newest: goes on
         # the zombie wakes and finishes opening incarnation 1, reopening its fenced id
         stale = Task(p, p.computations["counter"], 0, zombie.cfg, zombie.consumer)
@@ -142,7 +142,7 @@ def test_an_owner_that_finishes_opening_after_its_successor_announced_gives_up(
             FencedError,
             match=r"incarnation 2 took it over while this process was opening incarnation 1",
         ):
-            stale.open(1, check_owner=zombie._check_still_owner, owner=token)
+            stale.open(1, check_owner=zombie.claims.check_still_owner, owner=token)
         stale.close()
         task.close()
 
@@ -155,15 +155,15 @@ def test_of_two_openings_that_claimed_the_same_incarnation_the_later_claim_wins(
     p = keyed_count(name, partitions=1).validate()
     setup_topics(kafka.bootstrap, p)
     with _processes(kafka, p, tmp_path, "first", "second") as (first, second):
-        n1, token1 = first._announce(0)
-        n2, token2 = second._announce(0)
+        n1, token1 = first.claims.announce(0)
+        n2, token2 = second.claims.announce(0)
         assert n1 == n2 == 1 and token1 != token2
         loser = Task(p, p.computations["counter"], 0, first.cfg, first.consumer)
         with pytest.raises(FencedError, match="was fenced"):
-            loser.open(1, check_owner=first._check_still_owner, owner=token1)
+            loser.open(1, check_owner=first.claims.check_still_owner, owner=token1)
         loser.close()
         winner = Task(p, p.computations["counter"], 0, second.cfg, second.consumer)
-        winner.open(1, check_owner=second._check_still_owner, owner=token2)
+        winner.open(1, check_owner=second.claims.check_still_owner, owner=token2)
         winner.close()
 
 
@@ -176,13 +176,13 @@ def test_an_announcement_written_after_a_newer_one_puts_the_newer_one_back(kafka
     p = keyed_count(name, partitions=1).validate()
     setup_topics(kafka.bootstrap, p)
     with _processes(kafka, p, tmp_path, "stale", "owner") as (stale, owner):
-        assert owner._announce(0)[0] == 1
-        n, token = owner._announce(0)
+        assert owner.claims.announce(0)[0] == 1
+        n, token = owner.claims.announce(0)
         assert n == 2
         with pytest.raises(
             FencedError,
             match="incarnation 2 took it over while this process was announcing incarnation 1",
         ):
-            stale._announce(0)
+            stale.claims.announce(0)
         last = Control.decode(read_committed(kafka.bootstrap, p.watermark_topic())[-1].value)
         assert last.announce and (last.incarnation, last.owner) == (2, token)

@@ -158,7 +158,7 @@ class WatermarkProtocol(RuleBasedStateMachine):
         winner = None
         for claim, t, t_read, producer in opened:
             if not still_owner(t, pid, claim.incarnation, claim.owner):
-                continue  # _check_still_owner: gives up before restoring
+                continue  # claims.check_still_owner: gives up before restoring
             winner = (claim, t, t_read, producer)
         if winner is None:
             return None
@@ -287,7 +287,7 @@ class WatermarkProtocol(RuleBasedStateMachine):
         pid = task_producer_id("relay", task.partition)
         proc.read_to = self.topic.read(proc.table, proc.read_to)
         if not still_owner(proc.table, pid, task.incarnation, task.owner):
-            proc.dead = True  # _check_still_owner raises FencedError
+            proc.dead = True  # claims.check_still_owner raises FencedError
             return False
         claim = announcement(proc.table, pid, ["mid"], 0)
         self.topic.publish(claim)
