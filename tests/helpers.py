@@ -15,6 +15,7 @@ from kwheel.testing.readers import (
     committed_total,  # noqa: F401 (the tests import it from here)
     read_committed,
 )
+from kwheel.watermarks import MIN_WATERMARK
 
 
 def setup_topics(bootstrap: str, pipeline: Pipeline) -> None:
@@ -109,7 +110,7 @@ def latest_watermark(bootstrap: str, pipeline_name: str, prefix: str) -> int:
     for c in read_controls(bootstrap, pipeline_name):
         if c.producer.startswith(prefix):
             latest[c.producer] = c.watermark
-    return min(latest.values()) if latest else -(2**63)
+    return min(latest.values()) if latest else MIN_WATERMARK
 
 
 def records_behind_a_usable_watermark(
@@ -148,7 +149,7 @@ def records_behind_a_usable_watermark(
                     steps[c.producer].append((need, END if c.final else c.watermark))
             for pid, s in steps.items():
                 s.sort()
-                best, merged = -(2**63), []
+                best, merged = MIN_WATERMARK, []
                 for need, w in s:
                     best = max(best, w)
                     merged.append((need, best))
@@ -163,12 +164,12 @@ def records_behind_a_usable_watermark(
                         (
                             s[i][1]
                             if (i := bisect.bisect_right(s, (r.offset, END)) - 1) >= 0
-                            else -(2**63)
+                            else MIN_WATERMARK
                         )
                         for s in steps.values()
                     )
                     if steps
-                    else -(2**63)
+                    else MIN_WATERMARK
                 )
                 if r.timestamp < usable:
                     bad.append(

@@ -9,6 +9,7 @@ import pytest
 
 from kwheel import Session, Sliding, Tumbling, Window, WindowedAggregation
 from kwheel.record import Record, Timer
+from kwheel.watermarks import MAX_WATERMARK, MIN_WATERMARK
 from kwheel.windows import SESSIONS, merge_sessions
 
 # ---- Window ------------------------------------------------------------------------------------
@@ -191,7 +192,7 @@ class FakeContext:
         self.state: dict = {}
         self.timers: dict[str, int] = {}
         self.outputs: list[tuple] = []
-        self.low_watermark = -(2**63)
+        self.low_watermark = MIN_WATERMARK
         self._default_ts = 0
 
     def produce(self, stream, key, value, timestamp=None):
@@ -473,12 +474,12 @@ def test_random_disordered_sessions_match_the_offline_reference():
         ts = sorted(rng.randint(0, 500) for _ in range(rng.randint(1, 60)))
         bound = rng.randint(0, 40)
         arrival = sorted(ts, key=lambda t: t + rng.uniform(0, bound))
-        max_seen = -(2**63)
+        max_seen = MIN_WATERMARK
         for t in arrival:
             d.record(t)
             max_seen = max(max_seen, t)
             d.watermark(max_seen - bound)
-        d.watermark(2**63 - 1)
+        d.watermark(MAX_WATERMARK)
         got = sorted((s, e, n) for s, e, n, _ in d.take())
         assert got == sessions_reference(ts, comp.windows.gap_ms)
         assert d.ctx.state == {} and d.ctx.timers == {}
