@@ -18,6 +18,7 @@ log = logging.getLogger("kwheel.restore")
 
 CHUNK = 20000
 CHECKPOINT_EVERY = 100_000  # records between flushes of a restoring store
+PROGRESS_EVERY_S = 5.0  # a long restore says how far it got this often
 # Compacted topics drop tombstones after delete.retention.ms, which kwheel sets on its
 # changelogs (and check_topics requires of existing ones): a store last applied longer ago
 # than that could miss a delete, so it is rebuilt from scratch. 5/6 of it (20 h of 24 h)
@@ -86,7 +87,8 @@ def restore(
         chunk: list[tuple[bytes, bytes | None]] = []
         last = start - 1
         done = False
-        idle_deadline = time.monotonic() + timeout_s
+        began = said = time.monotonic()
+        idle_deadline = began + timeout_s
         while not done:
             msgs = cast("list[ChangelogMessage]", reader.consume(CHUNK, timeout=0.05))
             if msgs:
@@ -115,6 +117,10 @@ def restore(
                     checkpointed = applied
                 if progress is not None:
                     progress(applied, high - start)
+                now = time.monotonic()
+                if now - said >= PROGRESS_EVERY_S and not done:
+                    said = now
+                    _log_progress(topic, partition, last + 1 - start, high - start, now - began)
             if not done:
                 pos = reader.position([TopicPartition(topic, partition)])[0].offset
                 done = pos >= high
@@ -122,3 +128,19 @@ def restore(
         return applied
     finally:
         reader.close()
+
+
+def _log_progress(topic: str, partition: int, done: int, total: int, seconds: float) -> None:
+    """One line: offsets replayed of how many, the rate, and the time left at that rate."""
+    rate = done / seconds if seconds > 0 else 0.0
+    left = f"about {(total - done) / rate:.0f}s left" if rate > 0 else "time left unknown"
+    log.info(
+        "restoring %s[%d]: %d of %d offsets (%d%%), %.0f/s, %s",
+        topic,
+        partition,
+        done,
+        total,
+        100 * done // max(total, 1),
+        rate,
+        left,
+    )
