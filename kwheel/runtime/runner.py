@@ -100,22 +100,8 @@ class ComputationRunner:
             fresh = sorted({tp.partition for tp in parts} - set(self.tasks))
             if fresh:
                 self.catch_up()  # the newest incarnation every task announced
-            for p in fresh:
-                incarnation, token = self.claims.announce(p)
-                task = Task(self.pipeline, self.spec, p, self.cfg, consumer)
                 # fences the previous owners first: the offsets below are final
-                self.opening = task
-                try:
-                    task.open(
-                        incarnation,
-                        fence_from=max(0, incarnation - FENCE_BACK),
-                        check_owner=self.claims.check_still_owner,
-                        owner=token,
-                    )
-                except Exception:
-                    task.close()  # its store and producer: the error itself goes out of step()
-                    raise
-                self.tasks[p] = task
+                self._open_tasks(consumer, fresh)
             for tp in consumer.committed(parts, timeout=self.cfg.startup_timeout_s):
                 self._committed[(tp.topic, tp.partition)] = max(tp.offset, 0)
                 if tp.offset >= 0:
@@ -134,6 +120,43 @@ class ComputationRunner:
             self._fatal = e
         self.opening = None
         consumer.assign(parts)
+
+    def _open_tasks(self, consumer: Consumer, fresh: list[int]) -> None:
+        """Open newly assigned tasks: claim each on the watermark topic, fence the earlier
+        owners of all of them at once (their InitProducerId round trips overlap in
+        librdkafka's threads instead of adding up), check every claim still holds, then
+        restore and start each. A task that fails is closed (its store and producer); the
+        error goes out of step()."""
+        created: list[Task] = []
+        try:
+            claims: dict[int, tuple[int, str]] = {}
+            for p in fresh:
+                claims[p] = self.claims.announce(p)
+                created.append(Task(self.pipeline, self.spec, p, self.cfg, consumer))
+
+            def fence(task: Task) -> None:
+                incarnation, token = claims[task.partition]
+                task.fence(incarnation, max(0, incarnation - FENCE_BACK), owner=token)
+
+            if len(created) == 1:
+                fence(created[0])
+            else:
+                workers = min(8, len(created))
+                with ThreadPoolExecutor(workers, f"kwheel-open-{self.spec.name}") as pool:
+                    for future in [pool.submit(fence, task) for task in created]:
+                        future.result()
+            for task in created:
+                self.claims.check_still_owner(task)
+            for task in created:
+                self.opening = task
+                task.restore()
+                task.start()
+                self.tasks[task.partition] = task
+        except Exception:
+            for task in created:
+                if self.tasks.get(task.partition) is not task:
+                    task.close()
+            raise
 
     def _check_log_start(
         self, consumer: Consumer, committed: TopicPartition, parts: list[TopicPartition]
