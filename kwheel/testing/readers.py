@@ -61,7 +61,7 @@ def read_committed(bootstrap: str, topic: str, timeout_s: float = 30.0) -> list[
                 raise TimeoutError(
                     f"reading {topic}: partitions {sorted(todo)} did not reach their end in {timeout_s}s"
                 )
-            for m in cast("list[ConsumedMessage]", c.consume(10000, 0.5)):
+            for m in cast("list[ConsumedMessage]", c.consume(10000, 0.05)):
                 err = m.error()
                 if err is not None:
                     if err.code() == KafkaError._PARTITION_EOF:
