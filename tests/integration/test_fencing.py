@@ -98,6 +98,10 @@ def _processes(kafka, p, tmp_path, *names):
         yield runners
     finally:
         for r in runners:
+            # close() may serve the group's first assignment (never polled for here), and
+            # the runner's callback would wait startup_timeout_s for the offsets of a
+            # consumer that is closing: 30 s of nothing
+            r.cfg.startup_timeout_s = 1.0
             r.consumer.close()
             r.test_reader.close()
 
