@@ -35,6 +35,23 @@ def noida_binary() -> Path:
     return path
 
 
+def _listening_sockets(port: int) -> set[str] | None:
+    """Inodes of the sockets listening on TCP ``port`` (None where /proc/net has no answer)."""
+    found = None
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                rows = f.read().splitlines()[1:]
+        except OSError:
+            continue
+        found = found or set()
+        for row in rows:
+            cols = row.split()
+            if len(cols) > 9 and cols[3] == "0A" and int(cols[1].rsplit(":", 1)[1], 16) == port:
+                found.add(cols[9])
+    return found
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -56,12 +73,32 @@ class EmbeddedBroker:
             self._tmp = tempfile.TemporaryDirectory(prefix="kwheel-broker-")
             data_dir = self._tmp.name
         self.data_dir = Path(data_dir)
+        self._pick_port = port is None  # a free port, picked again if another process takes it
         self.port = port or free_port()
         self.bootstrap = f"127.0.0.1:{self.port}"
         self.log_path = Path(log_path) if log_path else self.data_dir / "broker.log"
         self.proc: subprocess.Popen[bytes] | None = None
+        self._log_from = 0
 
     def start(self, timeout_s: float = 30.0) -> EmbeddedBroker:
+        # A free port is free until someone binds it: another session starting its broker at
+        # the same moment (parallel test workers) can take it first. Then this broker exits
+        # while the other one answers on the port, so only an answer from our own process
+        # counts, and a picked port is picked again.
+        for attempt in range(5):
+            if self._start(timeout_s):
+                return self
+            if not self._pick_port or attempt == 4:
+                raise BrokerError(
+                    f"port {self.port} of the embedded broker is taken by another process; "
+                    f"see {self.log_path}"
+                )
+            self.port = free_port()
+            self.bootstrap = f"127.0.0.1:{self.port}"
+        raise AssertionError("unreachable")
+
+    def _start(self, timeout_s: float) -> bool:
+        """Start the process; True once it answers on its port, False if another one holds it."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         args = [
             str(noida_binary()),
@@ -76,6 +113,7 @@ class EmbeddedBroker:
             str(self.data_dir),
         ]
         log = open(self.log_path, "ab")
+        self._log_from = log.tell()  # what this attempt writes
         self.proc = subprocess.Popen(
             args,
             stdout=log,
@@ -87,16 +125,51 @@ class EmbeddedBroker:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
+                if self._port_taken():
+                    self.proc = None
+                    return False
                 raise BrokerError(
                     f"embedded broker exited with {self.proc.returncode}; see {self.log_path}"
                 )
             if self._answers():
-                return self
+                if self._listens():
+                    return True
+                if self._port_taken():  # someone else answered: ours is exiting
+                    self.stop_process()
+                    return False
             time.sleep(0.05)
         self.stop()
         raise BrokerError(
             f"embedded broker did not answer on {self.bootstrap} within {timeout_s:g}s; see {self.log_path}"
         )
+
+    def _listens(self) -> bool:
+        """Whether our process holds the listening socket of the port (Linux's /proc tells;
+        elsewhere, assume it does)."""
+        inodes = _listening_sockets(self.port)
+        if inodes is None or self.proc is None:
+            return True
+        try:
+            fds = os.listdir(f"/proc/{self.proc.pid}/fd")
+        except OSError:
+            return True
+        for fd in fds:
+            try:
+                link = os.readlink(f"/proc/{self.proc.pid}/fd/{fd}")
+            except OSError:
+                continue
+            if link.startswith("socket:[") and link[8:-1] in inodes:
+                return True
+        return False
+
+    def _port_taken(self) -> bool:
+        """Whether the broker log says its port was in use (noida-db then exits)."""
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(self._log_from)
+                return b"already in use" in f.read()
+        except OSError:
+            return False
 
     def _answers(self) -> bool:
         from confluent_kafka.admin import AdminClient
@@ -126,6 +199,13 @@ class EmbeddedBroker:
         self._signal(signal.SIGCONT)
 
     def stop(self) -> None:
+        self.stop_process()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    def stop_process(self) -> None:
+        """Stop the broker's process group (SIGTERM, then SIGKILL after 10 s)."""
         if self.proc is None:
             return
         self._signal(signal.SIGCONT)
@@ -136,9 +216,6 @@ class EmbeddedBroker:
             self._signal(signal.SIGKILL)
             self.proc.wait(10)
         self.proc = None
-        if self._tmp is not None:
-            self._tmp.cleanup()
-            self._tmp = None
 
     def __enter__(self) -> EmbeddedBroker:
         return self.start()
