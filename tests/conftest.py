@@ -66,6 +66,35 @@ def kafka(tmp_path_factory):
         broker.stop()
 
 
+@pytest.fixture(autouse=True)
+def _each_test_drops_its_topics(request):
+    """After a test that used the embedded broker (its workers stopped by then), delete the
+    topics it created. That broker keeps every record in memory and rewrites all of them to
+    its snapshot file about every second while anything changes: carrying every earlier
+    test's records (a million-key test among them) made each later test slower, and kept a
+    core busy for the rest of the session. An external Kafka may be shared with parallel
+    sessions, so there nothing is deleted."""
+    if "kafka" not in request.fixturenames:
+        yield
+        return
+    kafka = request.getfixturevalue("kafka")
+    if not kafka.embedded:
+        yield
+        return
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": kafka.bootstrap, "log_level": 0})
+    before = set(admin.list_topics(timeout=10).topics)
+    yield
+    kafka.broker.resume()  # in case the test ended while it was paused
+    new = sorted(
+        t for t in set(admin.list_topics(timeout=10).topics) - before if not t.startswith("__")
+    )
+    if new:
+        for done in admin.delete_topics(new, operation_timeout=10).values():
+            done.result(timeout=30)
+
+
 @pytest.fixture(scope="session")
 def schema_registry():
     """A Confluent-compatible schema registry on a loopback port (kwheel.testing.registry:
