@@ -88,7 +88,16 @@ class Run:
         self.behind_at_faults: list[int] = []  # records win still had to commit at each fault
 
     def relay_worker(self, slot, tag=None):
-        return self.workers(REF, self.name, slot=slot, tag=tag, args=["-c", "relay"])
+        """A new relay worker, once it owns its tasks: the next fault hits a running relay
+        (on a busy machine, a SIGTERM sent a few seconds after the start could land before
+        the process had even set up its signal handlers)."""
+        w = self.workers(REF, self.name, slot=slot, tag=tag, args=["-c", "relay"])
+        wait_until(
+            lambda: "assigned and ready" in w.log() or not w.alive(),
+            60,
+            f"relay worker {tag or slot} to own its tasks",
+        )
+        return w
 
     def backlog(self):
         """Records of ``relayed`` that win has not committed yet (offsets, not counting markers)."""
