@@ -21,6 +21,39 @@ from kwheel.testing.processes import WorkerProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 
+
+def pytest_collection_modifyitems(items):
+    """Tests marked ``alone`` go last (see ``pytest_runtest_protocol``)."""
+    items.sort(key=lambda item: item.get_closest_marker("alone") is not None)
+
+
+_alone_lock = None
+
+
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
+def pytest_runtest_protocol(item, nextitem):
+    """In parallel runs (pytest-xdist), a test marked ``alone`` runs with no other test at
+    the same time: it holds an exclusive lock on a file of the session, every other test a
+    shared one. Collected last, it starts once the other workers ran out of tests, and
+    every other worker is done or waits (outside its tests' timeouts). For tests that are
+    CPU-bound under a short timeout, such as the million-key timer test."""
+    global _alone_lock
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        yield
+        return
+    import fcntl
+
+    if _alone_lock is None:  # one file for the session's workers: their basetemps' parent
+        base = Path(item.config.option.basetemp).parent  # xdist gives each worker one
+        _alone_lock = open(base / "alone.lock", "a")  # held for the session
+    alone = item.get_closest_marker("alone") is not None
+    fcntl.flock(_alone_lock, fcntl.LOCK_EX if alone else fcntl.LOCK_SH)
+    try:
+        yield
+    finally:
+        fcntl.flock(_alone_lock, fcntl.LOCK_UN)
+
+
 # kwheel's own test kit (the fixtures users get); also an entry point once kwheel is installed
 pytest_plugins = ["kwheel.testing.pytest_plugin", "pytester"]
 

@@ -10,6 +10,7 @@ import json
 import os
 import time
 
+import pytest
 from confluent_kafka import Producer
 
 from kwheel import Computation, Pipeline
@@ -22,6 +23,11 @@ from kwheel.watermarks import MAX_WATERMARK
 from tests.helpers import committed_total, latest_watermark, setup_topics
 
 KEYS = int(os.environ.get("KWHEEL_TEST_TIMER_KEYS", "1000000"))  # about 2 minutes on 2 cores
+
+# CPU-bound under a 3 s transaction timeout: with other tests beside it on 2 cores, a
+# transaction of 10,000 firings once took longer and was aborted. Its own waits add up to
+# more than the suite's 300 s per test.
+pytestmark = [pytest.mark.alone, pytest.mark.timeout(1200)]
 
 
 class Closer(Computation):
