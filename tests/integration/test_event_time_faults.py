@@ -227,7 +227,22 @@ def test_a_broker_stall_longer_than_the_transaction_timeout_while_relay_works(ka
     # relay does then (abort and replay, or give up and be restarted), win must not see a
     # watermark pass the replayed records
     def stall(run):
-        time.sleep(1)  # relay is busy now: 6,000 records at 1 ms each
+        # relay is busy now: its first batch is committed, the rest of 6,000 records at
+        # 1 ms each still to go (a fixed second after the injection was not always enough
+        # for it to own its tasks on a busy machine: the stall then hit no transaction)
+        wait_until(
+            lambda: (
+                committed_total(
+                    kafka.bootstrap,
+                    run.p.group_id("relay"),
+                    f"{name}.events",
+                    run.p.streams["events"].partitions,
+                )
+                > 0
+            ),
+            60,
+            "relay's first commit",
+        )
         kafka.pause()
         try:
             time.sleep(6)  # the fault: the broker frozen for twice the transaction timeout
@@ -238,7 +253,14 @@ def test_a_broker_stall_longer_than_the_transaction_timeout_while_relay_works(ka
         kafka,
         name,
         workers,
-        relay_env={"KWHEEL_TEST_RELAY_SLEEP_MS": "1", "KWHEEL_TRANSACTION_TIMEOUT_MS": "3000"},
+        # batches of at most 500 records (0.5 s of sleeping): only the stall makes one
+        # outlive the timeout. A whole partition (2,400 records, 2.4 s) in one batch took
+        # more than 3 s on a busy machine every time: aborted and replayed for ever.
+        relay_env={
+            "KWHEEL_TEST_RELAY_SLEEP_MS": "1",
+            "KWHEEL_TRANSACTION_TIMEOUT_MS": "3000",
+            "KWHEEL_BATCH_SIZE": "500",
+        },
         while_relaying=stall,
     )
     run.behind_at_faults.append(run.backlog())
