@@ -76,8 +76,13 @@ def test_partitions_and_state_move_to_the_surviving_worker(kafka, name, workers,
     p = keyed_count(name)
     setup_topics(kafka.bootstrap, p)
     events = make_events(8000, keys=120)
-    # two dynamic members (no slot), each with its own state dir, as on two machines
+    # two dynamic members (no slot), each with its own state dir, as on two machines; the
+    # second starts once the first owns its tasks (the embedded broker can stall a group
+    # that two members join at once: seen here as not both owning partitions after 60 s)
     a = workers(REF, name, tag="a", args=["--batch-size", "200"])
+    wait_until(
+        lambda: a.log().count("assigned and ready"), 60, "the first worker to own partitions"
+    )
     b = workers(REF, name, tag="b", args=["--batch-size", "200"])
     wait_until(
         lambda: a.log().count("assigned and ready") and b.log().count("assigned and ready"),
