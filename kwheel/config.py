@@ -32,6 +32,10 @@ class WorkerConfig:
     commit_interval_ms: int = 100
     transaction_timeout_ms: int = 60000
     session_timeout_ms: int = 10000
+    # How a consumer group moves partitions when members come and go: "cooperative"
+    # (incremental: only the partitions that must move stop) or "eager" (every member
+    # lets go of every partition, and takes back what it is assigned again).
+    rebalancing: str = "cooperative"
     # Seen record ids are forgotten once the input watermark passes their time plus this.
     dedup_horizon_ms: int = 3_600_000
     # Consumed repartition records are deleted this often (DeleteRecords); 0: never.
@@ -85,6 +89,8 @@ class WorkerConfig:
                 "bootstrap_servers",
                 f"expected host:port[,host:port], got {self.bootstrap_servers!r}",
             )
+        if self.rebalancing not in ("cooperative", "eager"):
+            raise _invalid("rebalancing", f"must be cooperative or eager, got {self.rebalancing!r}")
         if self.offset_reset not in ("earliest", "latest", "fail"):
             raise _invalid(
                 "offset_reset", f"must be earliest, latest or fail, got {self.offset_reset!r}"

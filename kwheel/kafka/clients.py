@@ -101,8 +101,11 @@ def group_consumer_config(cfg: WorkerConfig, group_id: str, instance_id: str | N
             "enable.auto.commit": False,
             "enable.auto.offset.store": False,
             "auto.offset.reset": "earliest",
-            # range co-assigns partition p of every input topic to one member: one task.
-            "partition.assignment.strategy": "range",
+            # eager: range co-assigns partition p of every input topic to one member (one
+            # task); cooperative: the group assigns one lead topic, the runner the rest.
+            "partition.assignment.strategy": (
+                "cooperative-sticky" if cfg.rebalancing == "cooperative" else "range"
+            ),
             "session.timeout.ms": cfg.session_timeout_ms,
             "heartbeat.interval.ms": max(100, cfg.session_timeout_ms // 5),
             "max.poll.interval.ms": max(cfg.transaction_timeout_ms * 2, cfg.session_timeout_ms),

@@ -63,12 +63,14 @@ class TaskClaims:
             )
         return control.incarnation, control.owner
 
-    def check_still_owner(self, task: Task) -> None:
+    def check_still_owner(self, task: Task, read: bool = True) -> None:
         """Fencing by transactional id holds only if this process opened its id before the
         next owner fenced it: a process paused while opening (a zombie) would reopen it on
         waking and could write again. The next owner announces itself before fencing, so
-        if no later announcement is on the topic now, this one's id is the live one."""
-        self.catch_up()
+        if no later announcement is on the topic now, this one's id is the live one.
+        ``read=False``: the caller has just read the topic to its end."""
+        if read:
+            self.catch_up()
         pid = task_producer_id(self.computation, task.partition)
         if not still_owner(self.table, pid, task.incarnation, task.owner):
             newer = self.table.owner(pid)

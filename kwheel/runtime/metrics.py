@@ -23,6 +23,7 @@ from prometheus_client.registry import Collector
 from .. import __version__
 from ..errors import ConfigError
 from ..watermarks import MAX_WATERMARK, MIN_WATERMARK
+from .lifecycle import TaskState
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
@@ -189,24 +190,20 @@ class _TaskCollector(Collector):
         now = time.time()
         for runner in list(m.runners):
             name = runner.spec.name
-            owned = list(runner.tasks.items())
-            opening = runner.opening
-            if opening is not None and all(t is not opening for _, t in owned):
-                owned.append((opening.partition, opening))
+            owned = runner.owned()
             tasks.add_metric((m.pipeline, name), len(owned))
             for p, task in owned:
                 labels = (m.pipeline, name, str(p))
                 c = task.counters
+                restoring = task.state is TaskState.RESTORING
                 for f, family in counters.items():
                     family.add_metric(labels, getattr(c, f))
-                restore.add_metric(
-                    labels, max(0, c.restore_total - c.restored) if task is opening else 0
-                )
+                restore.add_metric(labels, task.restore_remaining)
                 timers.add_metric(labels, task.timers.pending)
                 behind = m.lag.get((name, p))  # the worker's thread may drop it meanwhile
                 if behind is not None:
                     lag.add_metric(labels, behind)
-                if task is opening:
+                if restoring:
                     continue
                 out = _seconds(task.output_watermark)
                 if out is not None:

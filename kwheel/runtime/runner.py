@@ -39,6 +39,10 @@ MIN_PUBLISH_S = 0.03  # a changed watermark is published at most this often per 
 # Under a backlog, batches stay full and commits stay rare.
 BUSY_WAIT_S = 0.005
 EARLY_COMMIT_S = 0.02
+# A restoring task replays its changelog between polls for at most this long per loop
+# (RESTORE_ALONE_S when no task of this runner is running, so nothing waits on it).
+RESTORE_SLICE_S = 0.05
+RESTORE_ALONE_S = 0.5
 FENCE_BACK = 3  # a new incarnation fences this many before it (zombies whose successor died early)
 
 log = logging.getLogger("kwheel.worker")
@@ -83,50 +87,100 @@ class ComputationRunner:
         instance = f"{cfg.slot}" if cfg.slot else None
         conf = clients.group_consumer_config(cfg, pipeline.group_id(computation), instance)
         self.consumer = Consumer(conf)
-        self.tasks: dict[int, Task] = {}
-        self.opening: Task | None = None  # the task being fenced and restored, for metrics
+        self.tasks: dict[int, Task] = {}  # running
+        self.restoring: dict[int, Task] = {}  # fenced, restoring between polls (paused)
+        self.kept: dict[int, Task] = {}  # revoked, until the assignment after says if they stay
         self.metrics: WorkerMetrics | None = None  # when the worker serves metrics
         self._last_commit = time.monotonic()
         self._open = False  # some task has an uncommitted batch
         self._pool: ThreadPoolExecutor | None = None  # commits tasks in parallel
         self._fatal: Exception | None = None
+        # Cooperative rebalancing (cooperative-sticky) does not co-assign partition p of
+        # several topics to one member, and a task reads partition p of every input topic:
+        # so the group assigns one lead topic, and the member that gets its partition p
+        # assigns itself p of the other input topics (their offsets are the group's too).
+        self.cooperative = cfg.rebalancing == "cooperative"
+        self.lead = sorted(self.topics)[0]
         self.consumer.subscribe(
-            self.topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
+            [self.lead] if self.cooperative else self.topics,
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_lost,
         )
 
     # ---- group membership --------------------------------------------------------------
+    def owned(self) -> list[tuple[int, Task]]:
+        """(partition, task) of every task this runner holds, running or restoring (safe to
+        call from the metrics thread)."""
+        return list(self.tasks.items()) + list(self.restoring.items())
+
+    def _task_partitions(self, partitions: set[int]) -> list[TopicPartition]:
+        """Partition p of every input topic, for each task p."""
+        return [TopicPartition(t, p) for p in sorted(partitions) for t in self.topics]
+
     def _on_assign(self, consumer: Consumer, parts: list[TopicPartition]) -> None:
+        """Take up an assignment (eager: the whole new assignment; cooperative: what was
+        added). Tasks kept from an eager revocation just before go on where they were; new
+        ones are claimed and fenced here, then restore in the loop (step) with their
+        partitions paused, so a long restore never stops the consumer polling."""
+        wanted = {tp.partition for tp in parts}
+        # eager: range gave partition p of every input topic; cooperative: of the lead one
+        assigned = parts if not self.cooperative else self._task_partitions(wanted)
+        fresh: list[int] = []
         try:
-            fresh = sorted({tp.partition for tp in parts} - set(self.tasks))
+            self._take_back_kept(wanted)
+            fresh = sorted(wanted - set(self.tasks) - set(self.restoring))
             if fresh:
                 self.catch_up()  # the newest incarnation every task announced
                 # fences the previous owners first: the offsets below are final
                 self._open_tasks(consumer, fresh)
-            for tp in consumer.committed(parts, timeout=self.cfg.startup_timeout_s):
-                self._committed[(tp.topic, tp.partition)] = max(tp.offset, 0)
-                if tp.offset >= 0:
-                    self._check_log_start(consumer, tp, parts)
-            for p in fresh:
-                starts = {t: self._committed.get((t, p), 0) for t in self.topics}
-                log.info(
-                    "%s: assigned and ready (restored %d records; starts at %s)",
-                    self.tasks[p].name,
-                    self.tasks[p].counters.restored,
-                    starts,
-                    extra=about(self.tasks[p]),
-                )
-                stats_file.write("ready", self.tasks[p])
+            if assigned:
+                for tp in consumer.committed(assigned, timeout=self.cfg.startup_timeout_s):
+                    self._committed[(tp.topic, tp.partition)] = max(tp.offset, 0)
+                    if tp.offset >= 0:
+                        self._check_log_start(consumer, tp, assigned)
         except Exception as e:  # raised inside librdkafka's callback: surface it from step()
             self._fatal = e
-        self.opening = None
-        consumer.assign(parts)
+        if self.cooperative:
+            consumer.incremental_assign(assigned)
+        else:
+            consumer.assign(assigned)
+        paused = [tp for tp in assigned if tp.partition in self.restoring]
+        if paused:
+            consumer.pause(paused)
+        for p in fresh if self._fatal is None else []:
+            if p in self.tasks:  # nothing to restore: ready now
+                self._ready(self.tasks[p])
+
+    def _take_back_kept(self, wanted: set[int]) -> None:
+        """Tasks revoked by the last (eager) rebalance and assigned here again go on as they
+        were: no announcement, fencing or restore. In an eager rebalance every member lets
+        go of every partition before the new assignment, so no other process owned them
+        in between; the claim check below makes sure no later opening announced itself.
+        The others are closed."""
+        kept, self.kept = self.kept, {}
+        back = [t for p, t in sorted(kept.items()) if p in wanted]
+        for p, task in kept.items():
+            if p not in wanted:
+                self._close(task, "moved to another member")
+        if back:
+            self.catch_up()
+        for task in back:
+            try:
+                self.claims.check_still_owner(task, read=False)
+            except FencedError as e:
+                self._close(task, str(e))
+                continue
+            into = self.restoring if task.state is TaskState.RESTORING else self.tasks
+            into[task.partition] = task
+            log.info("%s: kept across the rebalance", task.name, extra=about(task))
 
     def _open_tasks(self, consumer: Consumer, fresh: list[int]) -> None:
         """Open newly assigned tasks: claim each on the watermark topic, fence the earlier
         owners of all of them at once (their InitProducerId round trips overlap in
         librdkafka's threads instead of adding up), check every claim still holds, then
-        restore and start each. A task that fails is closed (its store and producer); the
-        error goes out of step()."""
+        begin each one's restore (step() goes on with it). A task that fails is closed
+        (its store and producer); the error goes out of step()."""
         created: list[Task] = []
         try:
             claims: dict[int, tuple[int, str]] = {}
@@ -148,15 +202,48 @@ class ComputationRunner:
             for task in created:
                 self.claims.check_still_owner(task)
             for task in created:
-                self.opening = task
-                task.restore()
-                task.start()
-                self.tasks[task.partition] = task
+                task.begin_restore()
+                if task.restore_remaining:
+                    self.restoring[task.partition] = task
+                else:
+                    task.restore_step(0)  # nothing to replay: finishes at once
+                    task.start()
+                    self.tasks[task.partition] = task
         except Exception:
             for task in created:
                 if self.tasks.get(task.partition) is not task:
+                    self.restoring.pop(task.partition, None)
                     task.close()
             raise
+
+    def _restore_some(self) -> None:
+        """Give restoring tasks a slice of time, one task after another in partition order
+        (the first is ready soonest, and a finished restore is on disk should the process
+        die), and start those that caught up. Short slices while other tasks run (their
+        latency), longer ones when only restores are left."""
+        deadline = time.monotonic() + (RESTORE_SLICE_S if self.tasks else RESTORE_ALONE_S)
+        for p in sorted(self.restoring):
+            task = self.restoring[p]
+            if not task.restore_step(max(0.0, deadline - time.monotonic())):
+                return
+            del self.restoring[p]
+            task.start()
+            self.tasks[p] = task
+            self.consumer.resume([TopicPartition(t, p) for t in self.topics])
+            self._ready(task)
+            if time.monotonic() >= deadline:
+                return
+
+    def _ready(self, task: Task) -> None:
+        starts = {t: self._committed.get((t, task.partition), 0) for t in self.topics}
+        log.info(
+            "%s: assigned and ready (restored %d records; starts at %s)",
+            task.name,
+            task.counters.restored,
+            starts,
+            extra=about(task),
+        )
+        stats_file.write("ready", task)
 
     def _check_log_start(
         self, consumer: Consumer, committed: TopicPartition, parts: list[TopicPartition]
@@ -182,39 +269,60 @@ class ComputationRunner:
         self._committed[(committed.topic, committed.partition)] = to
 
     def _on_revoke(self, consumer: Consumer, parts: list[TopicPartition]) -> None:
-        for p in sorted({tp.partition for tp in parts}):
-            task = self.tasks.pop(p, None)
+        """Commit what the revoked tasks did. Eager: keep them until the assignment that
+        follows (every partition is revoked; most come back). Cooperative: they move to
+        another member, so close them."""
+        revoked = {tp.partition for tp in parts}
+        for p in sorted(revoked):
+            task = self.tasks.pop(p, None) or self.restoring.pop(p, None)
             if task is None:
                 continue
-            try:
-                task.commit()
-            except FencedError as e:
-                log.warning("%s", e, extra=about(task))
-            except Exception as e:
-                log.warning("%s: commit on revoke failed: %s", task.name, e, extra=about(task))
-            task.close()
-            log.info(
-                "%s: revoked (committed up to %s)",
-                task.name,
-                task.committed_offsets,
-                extra=about(task),
-            )
+            if task.state is TaskState.RUNNING:
+                try:
+                    task.commit()
+                except FencedError as e:
+                    log.warning("%s", e, extra=about(task))
+                except Exception as e:
+                    log.warning("%s: commit on revoke failed: %s", task.name, e, extra=about(task))
+            if not self.cooperative and task.state in (TaskState.RUNNING, TaskState.RESTORING):
+                self.kept[p] = task
+                log.info(
+                    "%s: revoked (committed up to %s)",
+                    task.name,
+                    task.committed_offsets,
+                    extra=about(task),
+                )
+            else:
+                self._close(task, f"revoked (committed up to {task.committed_offsets})")
+        if self.cooperative:
+            consumer.incremental_unassign(self._task_partitions(revoked))
+
+    def _close(self, task: Task, why: str) -> None:
+        task.close()
+        log.info("%s: closed: %s", task.name, why, extra=about(task))
 
     def _on_lost(self, consumer: Consumer, parts: list[TopicPartition]) -> None:
         # Partitions lost (session expired): someone else may own them, so do not commit.
-        for p in sorted({tp.partition for tp in parts}):
-            task = self.tasks.pop(p, None)
+        lost = {tp.partition for tp in parts}
+        for p in sorted(lost):
+            task = self.tasks.pop(p, None) or self.restoring.pop(p, None) or self.kept.pop(p, None)
             if task is not None:
                 self._abort_task(task)  # logged: closing must go on
                 task.close()
                 log.warning("%s: partitions lost (session expired)", task.name, extra=about(task))
+        if self.cooperative:
+            consumer.incremental_unassign(self._task_partitions(lost))
 
     # ---- the loop ------------------------------------------------------------------------
     @scoped
     def step(self, timeout: float) -> None:
         """Consume one batch, process it by task, and commit when a batch closes."""
+        if self.restoring:
+            self._restore_some()
         if self._open:
             timeout = min(timeout, BUSY_WAIT_S)
+        if self.restoring:
+            timeout = 0.0  # more restoring to do: only take what is there
         # consume(n, t) waits until it has n records or t passed: at a low rate every record
         # would wait out t. Wait for the first record only, then take what is already there.
         first = cast("ConsumedMessage | None", self.consumer.poll(timeout))
@@ -234,7 +342,8 @@ class ComputationRunner:
         for p, ms in by_task.items():
             task = self.tasks.get(p)
             if task is None:
-                continue  # revoked inside this consume(): the new owner starts from the committed offset
+                self._not_running(p, ms)
+                continue
             try:
                 task.process(ms)
             except Exception:
@@ -253,6 +362,18 @@ class ComputationRunner:
             self._open and since >= EARLY_COMMIT_S and len(msgs) < max(1, self.cfg.batch_size // 10)
         ):
             self.tick()  # caught up: make the outputs visible now
+
+    def _not_running(self, p: int, ms: list[ConsumedMessage]) -> None:
+        """Records of a partition with no running task: revoked inside this consume() (the
+        new owner starts from the committed offset), or still restoring, where pausing
+        should have kept them back: rewind, so they are read again once it runs."""
+        if p not in self.restoring:
+            return
+        first: dict[str, int] = {}
+        for m in ms:
+            first.setdefault(m.topic(), m.offset())
+        for topic, offset in first.items():
+            self.consumer.seek(TopicPartition(topic, p, offset))
 
     def tick(self) -> None:
         """Advance watermarks, fire due timers, commit, then publish watermarks."""
@@ -405,7 +526,7 @@ class ComputationRunner:
 
     @scoped
     def close(self, commit: bool = True, advance: bool = True) -> None:
-        """Commit (unless failing), then leave the group (revoke closes the tasks). With
+        """Commit (unless failing), leave the group, close every task. With
         ``advance`` the last commit is a tick: watermarks, timers, a last publish."""
         if commit and advance:
             self.tick()
@@ -415,11 +536,13 @@ class ComputationRunner:
             for task in self.tasks.values():
                 self._abort_task(task)
         try:
-            self.consumer.close()
+            self.consumer.close()  # revokes: running tasks commit (unless failing) and are kept
         except KafkaException as e:
             log.warning("%s: closing consumer: %s", self.spec.name, e)
-        for task in self.tasks.values():
+        for task in [*self.tasks.values(), *self.restoring.values(), *self.kept.values()]:
             task.close()
+        self.restoring.clear()
+        self.kept.clear()
         self.tasks.clear()
         if self._pool is not None:
             self._pool.shutdown()

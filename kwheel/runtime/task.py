@@ -31,7 +31,7 @@ from ..logs import scoped
 from ..pipeline import ComputationSpec, Pipeline
 from ..record import TimeDomain
 from ..state import layout
-from ..state.restore import restore
+from ..state.restore import ChangelogRestore
 from ..state.store import TaskStore
 from ..watermarks.upstream import Upstream
 from . import stats_file
@@ -107,6 +107,8 @@ class Task:
             self._guard,
         )
         self.committed_offsets: dict[str, int] = {}  # topic -> next offset, as last committed here
+        self._restore: ChangelogRestore | None = None  # between begin_restore and start
+        self._restore_started = 0.0
 
     def _move(self, to: TaskState) -> None:
         self.state = check_move(self.name, self.state, to)
@@ -161,11 +163,18 @@ class Task:
             check_owner(self)
 
     def restore(self) -> None:
-        """Bring the store up to the end of the changelog partition."""
-        if self.state is not TaskState.RESTORING:
+        """Bring the store up to the end of the changelog partition, at once."""
+        self.begin_restore()
+        while not self.restore_step(1.0):
+            pass
+
+    def begin_restore(self) -> None:
+        """Find what to replay; ``restore_step`` then replays it a slice at a time (how a
+        worker restores between polls, runner.py)."""
+        if self.state is not TaskState.RESTORING or self._restore is not None:
             raise KwheelError(f"task {self.name}: restore while {self.state.value}")
-        started = time.monotonic()
-        n = restore(
+        self._restore_started = time.monotonic()
+        self._restore = ChangelogRestore(
             self.store,
             clients.reader_config(self.cfg),
             self.changelog,
@@ -173,16 +182,28 @@ class Task:
             self.cfg.startup_timeout_s,
             progress=self._restoring,
         )
-        self.counters.restored = n
-        self.counters.restore_total = n
+        self._restore.begin()
+        self.counters.restore_total = self._restore.total
+
+    def restore_step(self, budget_s: float) -> bool:
+        """Replay for about ``budget_s`` seconds; True once the store is up to date."""
+        steps = self._restore
+        if steps is None:
+            raise KwheelError(f"task {self.name}: restore step before begin_restore")
+        if not steps.step(budget_s):
+            return False
+        n = self.counters.restored = self.counters.restore_total = steps.applied
+        seconds = time.monotonic() - self._restore_started
         if n:
-            log.info(
-                "%s: restored %d changelog records in %.2fs",
-                self.name,
-                n,
-                time.monotonic() - started,
-            )
-        stats_file.write("restored", self, seconds=round(time.monotonic() - started, 4))
+            log.info("%s: restored %d changelog records in %.2fs", self.name, n, seconds)
+        stats_file.write("restored", self, seconds=round(seconds, 4))
+        return True
+
+    @property
+    def restore_remaining(self) -> int:
+        """Changelog offsets still to replay before this task can start."""
+        steps = self._restore
+        return 0 if steps is None or self.state is not TaskState.RESTORING else steps.remaining
 
     def _restoring(self, applied: int, total: int) -> None:
         self.counters.restored, self.counters.restore_total = applied, total
@@ -190,6 +211,9 @@ class Task:
     def start(self) -> None:
         """Take up the store as restored (watermark, timers, seen ids), set the computation
         up and start running."""
+        if self._restore is not None and not self._restore.done:
+            raise KwheelError(f"task {self.name}: start before its restore finished")
+        self._restore = None
         self._move(TaskState.RUNNING)
         self.seen.load()
         self.watermarks.reset()
@@ -228,6 +252,8 @@ class Task:
         stats_file.write("closed", self)
         self.txn.let_go(5)
         self.state = TaskState.CLOSED
+        if self._restore is not None:
+            self._restore.close()  # let go mid-restore: what it applied stays in the store
         self.store.close()
 
     # ---- processing --------------------------------------------------------------------

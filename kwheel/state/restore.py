@@ -1,4 +1,10 @@
-"""Rebuild a task's store from its changelog partition, from where the store left off."""
+"""Rebuild a task's store from its changelog partition, from where the store left off.
+
+A restore runs in steps (``ChangelogRestore.step``) so that a worker can restore between
+polls of its group consumer: a long restore then never keeps the consumer from polling and
+heartbeating, and a task whose partition is revoked mid-restore simply stops (what it
+applied so far is in the store with its offset, and a later restore goes on from there).
+"""
 
 from __future__ import annotations
 
@@ -16,7 +22,7 @@ from .store import TaskStore
 
 log = logging.getLogger("kwheel.restore")
 
-CHUNK = 20000
+CHUNK = 20000  # records asked of the reader at once
 CHECKPOINT_EVERY = 100_000  # records between flushes of a restoring store
 PROGRESS_EVERY_S = 5.0  # a long restore says how far it got this often
 # Compacted topics drop tombstones after delete.retention.ms, which kwheel sets on its
@@ -25,26 +31,55 @@ PROGRESS_EVERY_S = 5.0  # a long restore says how far it got this often
 # leaves a margin for clock skew and the time a restore takes.
 STALE_AFTER_MS = CHANGELOG_DELETE_RETENTION_MS * 5 // 6
 
+Progress = Callable[[int, int], None]
 
-def restore(
-    store: TaskStore,
-    reader_conf: Config,
-    topic: str,
-    partition: int,
-    timeout_s: float = 30.0,
-    progress: Callable[[int, int], None] | None = None,
-) -> int:
-    """Replay changelog records after ``store.applied_offset`` up to the end; return how many.
-    ``progress(applied, total)`` is called after every chunk (``total`` counts offsets, so
-    transaction markers too): what the metrics show while a task restores.
 
-    Call only after this process fenced every earlier writer of the partition (the task's
-    ``init_transactions``), so the end of the log is stable.
-    """
-    reader = Consumer(reader_conf)
-    try:
+class ChangelogRestore:
+    """Replays changelog records after ``store.applied_offset`` up to the end of the log as
+    it was at ``begin``, in steps of bounded time.
+
+    Begin only after this process fenced every earlier writer of the partition (the task's
+    ``init_transactions``), so the end of the log is stable. ``progress(applied, total)``
+    is called after every chunk (``total`` counts offsets, so transaction markers too)."""
+
+    def __init__(
+        self,
+        store: TaskStore,
+        reader_conf: Config,
+        topic: str,
+        partition: int,
+        timeout_s: float = 30.0,
+        progress: Progress | None = None,
+    ):
+        self.store = store
+        self.reader_conf = reader_conf
+        self.topic, self.partition = topic, partition
+        self.timeout_s = timeout_s  # no record for this long: the broker is not answering
+        self.progress = progress
+        self.reader: Consumer | None = None
+        self.start = self.high = 0
+        self.applied = 0  # records applied so far
+        self.done = False
+        self._reading = False  # the first step says so
+        self._checkpointed = 0
+        self._last = -1
+        self._began = self._said = self._idle_since = 0.0
+
+    @property
+    def total(self) -> int:
+        return max(0, self.high - self.start)
+
+    @property
+    def remaining(self) -> int:
+        """Offsets still to replay (0 once done)."""
+        return 0 if self.done else max(0, self.high - 1 - self._last)
+
+    def begin(self) -> None:
+        """Find the range to replay; wipe a store too old or too far off to go on from."""
+        self.reader = reader = Consumer(self.reader_conf)
+        store, topic, partition = self.store, self.topic, self.partition
         low, high = reader.get_watermark_offsets(
-            TopicPartition(topic, partition), timeout=timeout_s
+            TopicPartition(topic, partition), timeout=self.timeout_s
         )
         start = store.applied_offset + 1
         if store.applied_offset >= 0 and time.time() * 1000 - store.applied_at_ms > STALE_AFTER_MS:
@@ -67,67 +102,128 @@ def restore(
             )
             store.wipe()
             start = low
-        start = max(start, low)
-        if start >= high:
-            return 0
+        self.start, self.high = max(start, low), high
+        self._last = self.start - 1
+        if self.start >= high:
+            self._finish()
+            return
+        # reading starts now, in librdkafka's threads: a task whose turn comes later
+        # (runner.py restores one task after another) finds its first records fetched
+        reader.assign([TopicPartition(topic, partition, self.start)])
+        if self.progress is not None:
+            self.progress(0, self.total)
+
+    def _start_reading(self) -> None:
+        """The first step: say what is replayed, and from where."""
+        self._began = self._said = self._idle_since = time.monotonic()
         # a store killed mid-restore resumes here: each chunk is applied with its offset
         log.info(
             "restoring %s[%d]: offsets %d..%d (%d records%s)",
-            topic,
-            partition,
-            start,
-            high - 1,
-            high - start,
-            f", resuming after {store.applied_offset}" if store.applied_offset >= 0 else "",
+            self.topic,
+            self.partition,
+            self.start,
+            self.high - 1,
+            self.high - self.start,
+            f", resuming after {self.store.applied_offset}"
+            if self.store.applied_offset >= 0
+            else "",
         )
-        reader.assign([TopicPartition(topic, partition, start)])
-        if progress is not None:
-            progress(0, high - start)
-        applied = checkpointed = 0
-        chunk: list[tuple[bytes, bytes | None]] = []
-        last = start - 1
-        done = False
-        began = said = time.monotonic()
-        idle_deadline = began + timeout_s
-        while not done:
-            msgs = cast("list[ChangelogMessage]", reader.consume(CHUNK, timeout=0.05))
+        self._reading = True
+
+    def step(self, budget_s: float) -> bool:
+        """Replay for about ``budget_s`` seconds (at least one read); True once done."""
+        if self.done:
+            return True
+        if not self._reading:
+            self._start_reading()
+        reader = self.reader
+        assert reader is not None
+        deadline = time.monotonic() + budget_s
+        while True:
+            msgs = cast(
+                "list[ChangelogMessage]",
+                reader.consume(CHUNK, timeout=min(0.05, max(0.0, budget_s))),
+            )
+            now = time.monotonic()
             if msgs:
-                idle_deadline = time.monotonic() + timeout_s
-            elif time.monotonic() > idle_deadline:
+                self._idle_since = now
+            elif now - self._idle_since > self.timeout_s:
                 raise BrokerError(
-                    f"restoring {topic}[{partition}]: no progress for {timeout_s:g}s at offset {last + 1} of {high}"
+                    f"restoring {self.topic}[{self.partition}]: no progress for "
+                    f"{self.timeout_s:g}s at offset {self._last + 1} of {self.high}"
                 )
-            for m in msgs:
-                err = m.error()
-                if err is not None:
-                    if err.code() == KafkaError._PARTITION_EOF:
-                        done = True
-                        continue
-                    raise KafkaException(err)
-                chunk.append((m.key(), m.value()))
-                last = m.offset()
-                if last >= high - 1:
-                    done = True
-            if chunk:
-                store.apply(chunk, last)
-                applied += len(chunk)
-                chunk = []
-                if applied - checkpointed >= CHECKPOINT_EVERY:
-                    store.checkpoint()
-                    checkpointed = applied
-                if progress is not None:
-                    progress(applied, high - start)
-                now = time.monotonic()
-                if now - said >= PROGRESS_EVERY_S and not done:
-                    said = now
-                    _log_progress(topic, partition, last + 1 - start, high - start, now - began)
-            if not done:
-                pos = reader.position([TopicPartition(topic, partition)])[0].offset
-                done = pos >= high
-        store.checkpoint()
-        return applied
+            self._apply(msgs)
+            if not self.done:
+                pos = reader.position([TopicPartition(self.topic, self.partition)])[0].offset
+                self.done = pos >= self.high
+            if self.done:
+                self._finish()
+                return True
+            if time.monotonic() >= deadline:
+                return False
+
+    def _apply(self, msgs: list[ChangelogMessage]) -> None:
+        chunk: list[tuple[bytes, bytes | None]] = []
+        for m in msgs:
+            err = m.error()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    self.done = True
+                    continue
+                raise KafkaException(err)
+            chunk.append((m.key(), m.value()))
+            self._last = m.offset()
+            if self._last >= self.high - 1:
+                self.done = True
+        if not chunk:
+            return
+        self.store.apply(chunk, self._last)
+        self.applied += len(chunk)
+        if self.applied - self._checkpointed >= CHECKPOINT_EVERY:
+            self.store.checkpoint()
+            self._checkpointed = self.applied
+        if self.progress is not None:
+            self.progress(self.applied, self.total)
+        now = time.monotonic()
+        if now - self._said >= PROGRESS_EVERY_S and not self.done:
+            self._said = now
+            _log_progress(
+                self.topic,
+                self.partition,
+                self._last + 1 - self.start,
+                self.total,
+                now - self._began,
+            )
+
+    def _finish(self) -> None:
+        self.done = True
+        self.store.checkpoint()
+        self.close()
+
+    def close(self) -> None:
+        """Stop reading (done, or the task was let go mid-restore: what was applied stays)."""
+        if self.reader is not None:
+            reader, self.reader = self.reader, None
+            reader.close()
+
+
+def restore(
+    store: TaskStore,
+    reader_conf: Config,
+    topic: str,
+    partition: int,
+    timeout_s: float = 30.0,
+    progress: Progress | None = None,
+) -> int:
+    """Replay the whole rest of the changelog at once; return how many records."""
+    steps = ChangelogRestore(store, reader_conf, topic, partition, timeout_s, progress)
+    try:
+        steps.begin()
+        while not steps.step(1.0):
+            pass
+        return steps.applied
     finally:
-        reader.close()
+        steps.close()
 
 
 def _log_progress(topic: str, partition: int, done: int, total: int, seconds: float) -> None:

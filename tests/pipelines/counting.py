@@ -8,10 +8,16 @@ from kwheel import Computation, Input, Pipeline
 
 
 class Counter(Computation):
+    output = "counts"
+
     def process_record(self, ctx, record):
         n = ctx.state.get("count", 0) + 1
         ctx.state["count"] = n
-        ctx.produce("counts", ctx.key, {"key": ctx.key, "count": n}, record.timestamp)
+        ctx.produce(self.output, ctx.key, {"key": ctx.key, "count": n}, record.timestamp)
+
+
+class BucketCounter(Counter):
+    output = "buckets"
 
 
 class Flaky(Counter):
@@ -113,5 +119,35 @@ def mixed_count(name: str | None = None) -> Pipeline:
         Counter,
         inputs=["a", Input("b", key_by=lambda r: r.value["user"])],
         outputs=["counts"],
+    )
+    return p
+
+
+def bucket_of(user: str) -> str:
+    return f"b{int(user[1:]) % 16}"
+
+
+def scaled_count(name: str | None = None, partitions: int = 32) -> Pipeline:
+    """Two stages of ``partitions`` each, for the scaling test: ``counter`` counts per user
+    from ``a`` (keyed by user) and ``b`` (re-keyed by the value's user), so its tasks read
+    two topics; ``bucketer`` counts those counts per bucket of users, through a
+    repartition topic."""
+    p = Pipeline(name or _name())
+    p.stream("a", partitions=partitions, value="json", source=True)
+    p.stream("b", partitions=partitions, value="json", source=True)
+    p.stream("counts", partitions=partitions, value="json")
+    p.stream("buckets", partitions=partitions, value="json")
+    p.computation(
+        "counter",
+        Counter,
+        inputs=["a", Input("b", key_by=lambda r: r.value["user"])],
+        outputs=["counts"],
+    )
+    p.computation(
+        "bucketer",
+        BucketCounter,
+        inputs=[Input("counts", key_by=lambda r: bucket_of(r.value["key"]))],
+        outputs=["buckets"],
+        partitions=partitions,
     )
     return p

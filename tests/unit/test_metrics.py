@@ -11,15 +11,20 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from kwheel.config import WorkerConfig
 from kwheel.errors import ConfigError
-from kwheel.runtime.lifecycle import TaskCounters
+from kwheel.runtime.lifecycle import TaskCounters, TaskState
 from kwheel.runtime.metrics import COUNTERS, WorkerMetrics
 from kwheel.watermarks import MAX_WATERMARK, MIN_WATERMARK
 
 
-def fake_task(partition: int, watermark: int, **counts) -> SimpleNamespace:
+def fake_task(
+    partition: int, watermark: int, state: TaskState = TaskState.RUNNING, **counts
+) -> SimpleNamespace:
+    c = TaskCounters(**counts)
     return SimpleNamespace(
         partition=partition,
-        counters=TaskCounters(**counts),
+        state=state,
+        restore_remaining=c.restore_total - c.restored if state is TaskState.RESTORING else 0,
+        counters=c,
         timers=SimpleNamespace(pending=2),
         output_watermark=watermark,
         input_watermark=watermark,
@@ -35,11 +40,12 @@ class FakeConsumer:
         return 0, self.highs.get((tp.topic, tp.partition), -1001)
 
 
-def fake_runner(tasks: dict, opening=None, highs=None) -> SimpleNamespace:
+def fake_runner(tasks: dict, restoring=None, highs=None) -> SimpleNamespace:
+    restoring = restoring or {}
     return SimpleNamespace(
         spec=SimpleNamespace(name="count"),
         tasks=tasks,
-        opening=opening,
+        owned=lambda: [*tasks.items(), *restoring.items()],
         topics=["in"],
         consumer=FakeConsumer(highs or {}),
     )
@@ -61,7 +67,9 @@ def test_counters_watermarks_and_restores_are_read_from_the_tasks():
             0: fake_task(0, 1_700_000_000_000, consumed=7, processed=5, produced=9, duplicates=2),
             1: fake_task(1, MAX_WATERMARK),
         },
-        opening=fake_task(2, MIN_WATERMARK, restored=30, restore_total=100),
+        restoring={
+            2: fake_task(2, MIN_WATERMARK, TaskState.RESTORING, restored=30, restore_total=100)
+        },
     )
     m.runners = [runner]
     s = samples(m)
