@@ -205,6 +205,58 @@ def inject(
     run_injector(p, name, cfg, instance, instances, final=final)
 
 
+@app.command()
+def reset(
+    pipeline: str = typer.Argument(..., help=PIPELINE_HELP),
+    computations: list[str] | None = typer.Argument(
+        None,
+        help="Reset only these computations (those reading their outputs must be named too); "
+        "default: every computation",
+        show_default=False,
+    ),
+    bootstrap_servers: str | None = Bootstrap,
+    state_dir: Path | None = typer.Option(
+        None, "--state-dir", help="Where this machine's RocksDB stores live (env KWHEEL_STATE_DIR)"
+    ),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Reset without asking for confirmation"),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="Say what would be deleted, and delete nothing"
+    ),
+    config: Path | None = ConfigFile,
+) -> None:
+    """For a stopped pipeline: delete its computations' committed offsets, changelogs,
+    published watermarks and local state stores, so that they process their inputs again
+    from the start. Like Kafka Streams' application reset tool."""
+    from .kafka.clients import wait_for_broker
+    from .reset import check_stopped, execute, plan_reset
+
+    cfg = WorkerConfig.from_env(
+        config_file=config, bootstrap_servers=bootstrap_servers, state_dir=state_dir
+    )
+    p = load_pipeline(pipeline)
+    plan = plan_reset(p, computations or [], cfg.state_dir)
+    admin = wait_for_broker(cfg)
+    check_stopped(admin, plan, cfg.startup_timeout_s)
+    typer.echo("\n".join(plan.describe()))
+    if dry_run:
+        typer.echo("dry run: nothing deleted")
+        return
+    if not yes:
+        try:
+            ok = typer.confirm("Delete all this?")
+        except typer.Abort:
+            raise KwheelError(
+                "kwheel reset needs a confirmation: answer y, or pass --yes"
+            ) from None
+        if not ok:
+            raise KwheelError("reset cancelled: nothing deleted")
+    execute(p, plan, cfg, admin, lambda line: typer.echo(f"  {line}"))
+    typer.echo(
+        f"reset {', '.join(plan.computations)} of pipeline {p.name!r}: its workers will process "
+        f"the inputs again from the start"
+    )
+
+
 @injector_app.command("retire")
 def injector_retire(
     pipeline: str = typer.Argument(..., help=PIPELINE_HELP),
