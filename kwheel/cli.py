@@ -1,4 +1,4 @@
-"""The ``kwheel`` command line: worker, inject, topics, status, config, ui."""
+"""The ``kwheel`` command line: worker, inject, topics, status, config, ui, reset, injector."""
 
 from __future__ import annotations
 
@@ -24,6 +24,8 @@ topics_app = typer.Typer(no_args_is_help=True, help="Create or check the topics 
 app.add_typer(topics_app, name="topics")
 config_app = typer.Typer(no_args_is_help=True, help="Show the effective configuration.")
 app.add_typer(config_app, name="config")
+injector_app = typer.Typer(no_args_is_help=True, help="Manage the instances of injectors.")
+app.add_typer(injector_app, name="injector")
 
 PIPELINE_HELP = "The pipeline as module:attribute, e.g. examples.keyed_count:pipeline"
 Bootstrap = typer.Option(
@@ -201,6 +203,94 @@ def inject(
 
     wait_for_broker(cfg)
     run_injector(p, name, cfg, instance, instances, final=final)
+
+
+@app.command()
+def reset(
+    pipeline: str = typer.Argument(..., help=PIPELINE_HELP),
+    computations: list[str] | None = typer.Argument(
+        None,
+        help="Reset only these computations (those reading their outputs must be named too); "
+        "default: every computation",
+        show_default=False,
+    ),
+    bootstrap_servers: str | None = Bootstrap,
+    state_dir: Path | None = typer.Option(
+        None, "--state-dir", help="Where this machine's RocksDB stores live (env KWHEEL_STATE_DIR)"
+    ),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Reset without asking for confirmation"),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="Say what would be deleted, and delete nothing"
+    ),
+    config: Path | None = ConfigFile,
+) -> None:
+    """For a stopped pipeline: delete its computations' committed offsets, changelogs,
+    published watermarks and local state stores, so that they process their inputs again
+    from the start. Like Kafka Streams' application reset tool."""
+    from .kafka.clients import wait_for_broker
+    from .reset import check_stopped, execute, plan_reset
+
+    cfg = WorkerConfig.from_env(
+        config_file=config, bootstrap_servers=bootstrap_servers, state_dir=state_dir
+    )
+    p = load_pipeline(pipeline)
+    plan = plan_reset(p, computations or [], cfg.state_dir)
+    admin = wait_for_broker(cfg)
+    check_stopped(admin, plan, cfg.startup_timeout_s)
+    typer.echo("\n".join(plan.describe()))
+    if dry_run:
+        typer.echo("dry run: nothing deleted")
+        return
+    if not yes:
+        try:
+            ok = typer.confirm("Delete all this?")
+        except typer.Abort:
+            raise KwheelError(
+                "kwheel reset needs a confirmation: answer y, or pass --yes"
+            ) from None
+        if not ok:
+            raise KwheelError("reset cancelled: nothing deleted")
+    execute(p, plan, cfg, admin, lambda line: typer.echo(f"  {line}"))
+    typer.echo(
+        f"reset {', '.join(plan.computations)} of pipeline {p.name!r}: its workers will process "
+        f"the inputs again from the start"
+    )
+
+
+@injector_app.command("retire")
+def injector_retire(
+    pipeline: str = typer.Argument(..., help=PIPELINE_HELP),
+    name: str = typer.Argument(..., help="The injector's name: NAME in injector:NAME/INSTANCE"),
+    instance: str = typer.Argument(
+        ...,
+        help="The dead instance: INSTANCE in injector:NAME/INSTANCE, as kwheel status lists it",
+    ),
+    bootstrap_servers: str | None = Bootstrap,
+    force: bool = typer.Option(
+        False,
+        "--force",
+        help="Retire it even if it published within the last 10 s (it may be alive)",
+    ),
+    config: Path | None = ConfigFile,
+) -> None:
+    """Declare a dead injector instance finished, so its watermark stops holding its streams
+    back. For good: whatever it publishes later is ignored, and its records arrive late."""
+    from .injector.retire import retire
+    from .kafka.clients import wait_for_broker
+    from .status import watermark_text
+
+    cfg = WorkerConfig.from_env(config_file=config, bootstrap_servers=bootstrap_servers)
+    p = load_pipeline(pipeline)
+    wait_for_broker(cfg)
+    r = retire(p, name, instance, cfg, force=force)
+    streams = ", ".join(r.streams)
+    if r.done == "retired":
+        typer.echo(
+            f"retired {r.producer}: the watermark of {streams} no longer waits for it "
+            f"(it was at {watermark_text(r.watermark)})"
+        )
+    else:
+        typer.echo(f"{r.producer} is {r.done}: nothing to do")
 
 
 def _admin(bootstrap_servers: str | None, config: Path | None) -> AdminClient:

@@ -58,6 +58,9 @@ class WorkerConfig:
     # None: no metrics server; 0: any free port (logged). Loopback only unless widened.
     metrics_port: int | None = None
     metrics_host: str = "127.0.0.1"
+    # /healthz on the metrics port answers 503 once the worker loop (or a restore) has made
+    # no progress for this long.
+    liveness_timeout_s: float = 60.0
 
     def __post_init__(self) -> None:
         self.state_dir = Path(self.state_dir)
@@ -77,6 +80,9 @@ class WorkerConfig:
                 "repartition_purge_interval_ms",
                 f"must be 0 (off) or a positive integer, got {rp!r}",
             )
+        lt = self.liveness_timeout_s
+        if not isinstance(lt, (int, float)) or isinstance(lt, bool) or not 0 < lt < float("inf"):
+            raise _invalid("liveness_timeout_s", f"must be a positive number, got {lt!r}")
         t = self.startup_timeout_s
         if not isinstance(t, (int, float)) or isinstance(t, bool) or not 0 < t < float("inf"):
             raise _invalid(

@@ -69,6 +69,7 @@ class InjectorStatus(TypedDict):
     streams: list[str]
     low_watermark: int | str
     final: bool
+    retired: bool
     sent: int
     reported_at: int
 
@@ -146,6 +147,7 @@ def collect(pipeline: Pipeline, cfg: WorkerConfig) -> Status:
                     "streams": c.streams,
                     "low_watermark": _wm(c.watermark),
                     "final": c.final,
+                    "retired": c.retired,
                     "sent": c.stats.get("sent", 0),
                     "reported_at": c.wall_time,
                 }
@@ -260,9 +262,13 @@ def render(status: Status) -> str:
         for inj in status["injectors"]:
             lines.append(
                 f"  {inj['producer']:<30} low watermark {_fmt_wm(inj['low_watermark'])}"
-                f"  sent {inj['sent']}{'  (finished)' if inj['final'] else ''}"
+                f"  sent {inj['sent']}{_ended(inj)}"
             )
     return "\n".join(lines)
+
+
+def _ended(inj: InjectorStatus) -> str:
+    return "  (retired)" if inj["retired"] else "  (finished)" if inj["final"] else ""
 
 
 def _row(label: str, d: ComputationStatus | TaskStatus) -> str:
@@ -279,6 +285,11 @@ def _row(label: str, d: ComputationStatus | TaskStatus) -> str:
         d["pending_timers"],
     )
     return f"{label:<24}" + "".join(f"{c!s:>14}" for c in cells)
+
+
+def watermark_text(w: int) -> str:
+    """A watermark as the table shows it: UTC time of day, ``none`` or ``end``."""
+    return _fmt_wm(_wm(w))
 
 
 def _fmt_wm(w: int | str | None) -> str:

@@ -176,3 +176,29 @@ def records_behind_a_usable_watermark(
                         f"{topic}[{p}]@{r.offset} at {r.timestamp} is behind the usable watermark {usable}"
                     )
     return bad
+
+
+def run_kwheel(*args: str, env: dict | None = None, timeout: float = 120, stdin: str | None = None):
+    """``python -m kwheel ARGS`` in a subprocess, from the repository root; its result."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    return subprocess.run(
+        [sys.executable, "-m", "kwheel", *args],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=str(root), **(env or {})),
+        timeout=timeout,
+        cwd=root,
+        input=stdin if stdin is not None else "",
+    )
+
+
+def error_line(result) -> str:
+    """The one ``kwheel: error:`` line a failed command printed."""
+    lines = [x for x in result.stderr.splitlines() if x.startswith("kwheel: error:")]
+    assert len(lines) == 1, result.stderr
+    return lines[0]

@@ -3,6 +3,7 @@ that covers them (flushed first, so the watermark never runs ahead of the record
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import time
@@ -13,8 +14,9 @@ from ..pipeline import Pipeline
 from ..record import Key
 from ..watermarks import MAX_WATERMARK, MIN_WATERMARK
 from ..watermarks.control import INJECTOR, Control, injector_producer_id
-from ..watermarks.transport import WatermarkPublisher, WatermarkReader
-from ..watermarks.upstream import WatermarkTable
+from ..watermarks.transport import WatermarkPublisher, read_to_end
+
+log = logging.getLogger("kwheel.inject")
 
 
 class Injector:
@@ -40,7 +42,15 @@ class Injector:
         self.watermark = MIN_WATERMARK
         self._producer = StreamProducer(pipeline, cfg)
         self._publisher = WatermarkPublisher(cfg, pipeline.watermark_topic())
-        self._floor = _published(cfg, pipeline.watermark_topic(), self.producer_id)
+        table = read_to_end(cfg, pipeline.watermark_topic())
+        # never below what this instance published before a restart
+        self._floor = table.published(self.producer_id)
+        if self.producer_id in table.retired:
+            log.warning(
+                "injector instance %s was retired (kwheel injector retire): readers ignore "
+                "its watermark, and the records it sends arrive late",
+                self.producer_id,
+            )
         parts = pipeline.topics()
         topics = dict.fromkeys(r.topic for s in streams for r in pipeline.routes(s))
         self._partitions = [(t, p) for t in topics for p in range(parts[t][0])]
@@ -106,14 +116,3 @@ class Injector:
 
     def __exit__(self, *exc: object) -> None:
         self.close(final=exc[0] is None)
-
-
-def _published(cfg: WorkerConfig, topic: str, producer_id: str) -> int:
-    """The highest watermark ``producer_id`` published before (MIN_WATERMARK if none)."""
-    table = WatermarkTable()
-    reader = WatermarkReader(cfg, topic, table)
-    try:
-        reader.catch_up(cfg.startup_timeout_s)
-    finally:
-        reader.close()
-    return table.published(producer_id)

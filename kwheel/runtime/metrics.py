@@ -1,4 +1,5 @@
-"""Prometheus metrics of one worker process, served on ``metrics_host:metrics_port``.
+"""Prometheus metrics of one worker process, served on ``metrics_host:metrics_port``
+(with ``/healthz`` and ``/ready``: runtime/http.py).
 
 The record path pays nothing for them: a scrape reads the counters every Task keeps anyway
 (``TaskCounters``, in the scrape's thread), consumer lag is worked out once per tick from
@@ -16,7 +17,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from confluent_kafka import TopicPartition
-from prometheus_client import CollectorRegistry, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
 
     from prometheus_client.metrics_core import Metric
 
+    from .health import WorkerHealth
     from .runner import ComputationRunner
 
 log = logging.getLogger("kwheel.metrics")
@@ -122,10 +124,13 @@ class WorkerMetrics:
             del self.lag[key]
 
     # ---- serving -----------------------------------------------------------------------
-    def serve(self, host: str, port: int) -> int:
-        """Start the HTTP server in a daemon thread; return the port it listens on."""
+    def serve(self, host: str, port: int, health: WorkerHealth | None = None) -> int:
+        """Start the HTTP server (with ``/healthz`` and ``/ready`` when given ``health``)
+        in daemon threads; return the port it listens on."""
+        from .http import serve
+
         try:
-            self._server, _ = start_http_server(port, addr=host, registry=self.registry)
+            self._server = serve(host, port, self.registry, health)
         except OSError as e:
             raise ConfigError(
                 f"metrics_port {port} on {host}: cannot listen: {e.strerror or e}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import signal
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from confluent_kafka import KafkaException
@@ -17,6 +18,7 @@ from ..kafka.topics import check_topics
 from ..pipeline import Pipeline
 from ..watermarks.transport import WatermarkPublisher, WatermarkReader
 from ..watermarks.upstream import WatermarkTable, feeding
+from .health import WorkerHealth
 from .runner import ComputationRunner
 
 if TYPE_CHECKING:
@@ -46,11 +48,13 @@ class Worker:
         self.names = names
         self.runners: list[ComputationRunner] = []
         self.metrics: WorkerMetrics | None = None
+        self.health = WorkerHealth(cfg.liveness_timeout_s)  # /healthz, /ready on the metrics port
         self._stop = False
 
     def stop(self, *_: object) -> None:
         """Ask the loop to finish its batch, commit and leave (signal-safe)."""
         self._stop = True
+        self.health.phase = "stopping"
 
     def _wait_for_topics(self) -> None:
         """Retry with backoff until the pipeline's topics exist, up to startup_timeout_s."""
@@ -69,8 +73,20 @@ class Worker:
                 log.warning("waiting for topics: %s", e)
             time.sleep(delay)
             delay = min(delay * 2, 2.0)
+            self.health.beat()
             if self._stop:
                 raise SystemExit(0)
+
+    def _catch_up_for(self, computation: str) -> Callable[[], None]:
+        """The runner's way to read the watermark topic to its end. A runner does it first
+        when it opens or renews tasks (claims.py), so until its step returns it is not
+        ready (runtime/health.py)."""
+
+        def catch_up() -> None:
+            self.health.claim_started(computation)
+            self.reader.catch_up(self.cfg.startup_timeout_s)
+
+        return catch_up
 
     def run(self) -> None:
         signal.signal(signal.SIGTERM, self.stop)
@@ -81,7 +97,7 @@ class Worker:
             from .metrics import WorkerMetrics
 
             self.metrics = WorkerMetrics(self.pipeline.name, self.cfg.slot)
-            self.metrics.serve(self.cfg.metrics_host, self.cfg.metrics_port)
+            self.metrics.serve(self.cfg.metrics_host, self.cfg.metrics_port, self.health)
         try:
             self._run()
         finally:
@@ -95,11 +111,13 @@ class Worker:
         self.reader = WatermarkReader(self.cfg, topic, self.table)
         self.reader.catch_up(self.cfg.startup_timeout_s)
         self.publisher = WatermarkPublisher(self.cfg, topic)
-        catch_up = lambda: self.reader.catch_up(self.cfg.startup_timeout_s)  # noqa: E731
         self.runners = [
-            ComputationRunner(self.pipeline, n, self.cfg, self.table, self.publisher, catch_up)
+            ComputationRunner(
+                self.pipeline, n, self.cfg, self.table, self.publisher, self._catch_up_for(n)
+            )
             for n in self.names
         ]
+        self.health.runners = self.runners
         if self.metrics is not None:
             for r in self.runners:
                 r.metrics = self.metrics
@@ -107,15 +125,20 @@ class Worker:
         log.info("worker %s running %s", self.cfg.slot or "(dynamic)", ", ".join(self.names))
         timeout = 0.1 / len(self.runners)
         failed = False
+        if not self._stop:
+            self.health.phase = "running"
         try:
             while not self._stop:
                 self.reader.poll(0)
                 for r in self.runners:
                     r.step(timeout)
+                    self.health.step_done(r.spec.name)
+                self.health.beat()
         except BaseException:
             failed = True
             raise
         finally:
+            self.health.phase = "stopping"
             # A failed task has aborted its own batch already; the others commit theirs. After
             # a failure the consumers' positions may be past records nobody processed (a
             # poll's records for the tasks after the failed one), so no watermark is raised

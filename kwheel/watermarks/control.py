@@ -14,15 +14,22 @@ import fastavro
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "watermark.avsc"
 _SCHEMA_JSON = json.loads(SCHEMA_PATH.read_text())
 _SCHEMA = fastavro.parse_schema(_SCHEMA_JSON)
-# Controls written before announcements existed (no `announce`, no `owner`): read with
-# that writer schema, the new fields take their defaults. Tasks of that kwheel named no
-# owner token, so readers keep their controls until a new opener announces itself.
-_SCHEMA_V1 = fastavro.parse_schema(
-    {
-        **_SCHEMA_JSON,
-        "fields": [f for f in _SCHEMA_JSON["fields"] if f["name"] not in ("announce", "owner")],
-    }
-)
+
+
+def _without(*names: str) -> fastavro.types.Schema:
+    fields = [f for f in _SCHEMA_JSON["fields"] if f["name"] not in names]
+    return fastavro.parse_schema({**_SCHEMA_JSON, "fields": fields})
+
+
+# Controls of earlier kwheels, read with their writer schema (the newer fields take their
+# defaults), newest first. Each writer schema only appended fields, so a record of an
+# older one runs out of bytes under a newer one, and the next older one is tried.
+# V2: before `kwheel reset` and `kwheel injector retire` (no `reset`, no `retired`).
+_SCHEMA_V2 = _without("reset", "retired")
+# V1: before announcements (no `announce`, no `owner`): tasks of that kwheel named no owner
+# token, so readers keep their controls until a new opener announces itself.
+_SCHEMA_V1 = _without("reset", "retired", "announce", "owner")
+_OLDER = (_SCHEMA_V2, _SCHEMA_V1)
 
 
 class ProducerKind(StrEnum):
@@ -58,6 +65,8 @@ class _ControlRecord(TypedDict):
     incarnation: int
     announce: bool
     owner: str
+    reset: bool
+    retired: bool
 
 
 @dataclass
@@ -74,6 +83,10 @@ class Control:
     incarnation: int = 0
     announce: bool = False  # a task's new owner claiming it: no usable watermark (see ownership.py)
     owner: str = ""  # tasks: the token of the opening that announced this incarnation
+    # tasks: `kwheel reset` restarted the task from nothing: forget what it published before
+    reset: bool = False
+    # injectors: `kwheel injector retire` declared the instance finished for good
+    retired: bool = False
 
     def encode(self) -> bytes:
         buf = io.BytesIO()
@@ -90,6 +103,8 @@ class Control:
             "incarnation": self.incarnation,
             "announce": self.announce,
             "owner": self.owner,
+            "reset": self.reset,
+            "retired": self.retired,
         }
         fastavro.schemaless_writer(buf, _SCHEMA, record)
         return buf.getvalue()
@@ -99,10 +114,16 @@ class Control:
         # fastavro types what it reads as any Avro value; the schema makes it this record
         try:
             d = cast(_ControlRecord, fastavro.schemaless_reader(io.BytesIO(data), _SCHEMA))
-        except (EOFError, ValueError, IndexError):
-            d = cast(
-                _ControlRecord, fastavro.schemaless_reader(io.BytesIO(data), _SCHEMA_V1, _SCHEMA)
-            )
+        except (EOFError, ValueError, IndexError) as e:
+            for older in _OLDER:
+                try:
+                    read = fastavro.schemaless_reader(io.BytesIO(data), older, _SCHEMA)
+                    d = cast(_ControlRecord, read)
+                    break
+                except (EOFError, ValueError, IndexError):
+                    continue
+            else:
+                raise e
         return cls(
             producer=d["producer"],
             kind=ProducerKind(d["kind"]),
@@ -116,13 +137,21 @@ class Control:
             incarnation=d["incarnation"],
             announce=d["announce"],
             owner=d["owner"],
+            reset=d["reset"],
+            retired=d["retired"],
         )
 
     @property
     def key(self) -> bytes:
         """The record key on the compacted watermark topic. Announcements have keys of their
-        own, so compaction never replaces the newest announcement with a zombie's control."""
-        return (f"announce:{self.producer}" if self.announce else self.producer).encode()
+        own, so compaction never replaces the newest announcement with a zombie's control;
+        so do retirements, which a retired instance's later controls must not replace. A
+        reset has the task's own key: compaction drops what it makes readers forget."""
+        if self.announce:
+            return f"announce:{self.producer}".encode()
+        if self.retired:
+            return f"retired:{self.producer}".encode()
+        return self.producer.encode()
 
 
 def task_producer_id(computation: str, partition: int) -> str:

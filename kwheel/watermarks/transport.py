@@ -75,6 +75,17 @@ class WatermarkReader:
         self._c.close()
 
 
+def read_to_end(cfg: WorkerConfig, topic: str) -> WatermarkTable:
+    """A table of the watermark topic as it is now (for one look, not to follow it)."""
+    table = WatermarkTable()
+    reader = WatermarkReader(cfg, topic, table)
+    try:
+        reader.catch_up(cfg.startup_timeout_s)
+    finally:
+        reader.close()
+    return table
+
+
 class WatermarkPublisher:
     """Publishes control records, with end offsets of what they cover."""
 

@@ -36,6 +36,12 @@ class WatermarkTable:
     them moving up a level. Level j spans about 2**j controls per entry, so a producer's
     history is O(LEVEL log n) controls long and a reader however far behind finds one not
     far ahead of it (docs/architecture.md).
+
+    Operations (docs/operations.md): a task's reset (``kwheel reset``) makes readers forget
+    what the task published, since it starts over from its inputs' start; a retired
+    injector instance (``kwheel injector retire``) counts as finished at the positions its
+    retirement names, and whatever it publishes later is ignored, so coming back (or a
+    zombie of it) cannot take the stream's watermark back.
     """
 
     def __init__(self, keeps_history: Callable[[Control], bool] | None = None) -> None:
@@ -49,6 +55,7 @@ class WatermarkTable:
             str, int
         ] = {}  # task -> the highest incarnation any of its records named
         self._top: dict[str, int] = {}  # producer -> highest watermark it published
+        self.retired: dict[str, Control] = {}  # injector -> its retirement (kwheel injector retire)
 
     def add(self, c: Control) -> bool:
         """Take in the next control of the topic; True if it was kept as a watermark."""
@@ -57,12 +64,24 @@ class WatermarkTable:
             if c.incarnation > self._newest.get(pid, 0):
                 self._newest[pid] = c.incarnation
             owner = self.owner(pid)
+            if c.reset:
+                # `kwheel reset`: the task starts over from its inputs' start, so nothing it
+                # published before holds. Its (incarnation, token) owns the task until the
+                # next opener announces itself: a zombie's controls are dropped.
+                self._forget(pid)
+                if owner is None or c.incarnation >= owner[0]:
+                    self.announcements[pid] = c
+                return False
             if c.announce:
                 if owner is None or c.incarnation >= owner[0]:
                     self.announcements[pid] = c
                 return False
             if owner is not None and (c.incarnation, c.owner) != owner:
                 return False
+        elif pid in self.retired:
+            return False  # a retired instance that came back, or its zombie: ignored
+        elif c.retired:
+            self.retired[pid] = c
         if self._keeps_history is not None and not self._keeps_history(c):
             self.entries[pid] = [c]
         else:
@@ -70,6 +89,11 @@ class WatermarkTable:
         if c.watermark > self._top.get(pid, MIN_WATERMARK):
             self._top[pid] = c.watermark
         return True
+
+    def _forget(self, pid: str) -> None:
+        self.entries.pop(pid, None)
+        self._levels.pop(pid, None)
+        self._top.pop(pid, None)
 
     def _keep(self, pid: str, c: Control) -> None:
         levels = self._levels.setdefault(pid, [[]])

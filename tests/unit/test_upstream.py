@@ -470,3 +470,65 @@ def test_a_worker_keeps_history_only_of_the_producers_feeding_its_tasks(pipeline
     assert len(t.entries[A0]) > 1 and len(t.entries[INJ1]) == 1
     assert t.published(INJ1) == 99 and t.latest(INJ1).watermark == 99
     assert feeding(pipeline, ["A"])(injector(1)) and not feeding(pipeline, ["A"])(task(A0, 1))
+
+
+# ---- operations: kwheel reset and kwheel injector retire ---------------------------------------
+
+
+def reset(pid, incarnation, owner="reset") -> Control:
+    return Control(
+        pid, TASK, ["mid"], MIN_WATERMARK, [], 0, incarnation=incarnation, owner=owner, reset=True
+    )
+
+
+def retirement(pid=INJ1, positions=(), streams=("events",)) -> Control:
+    return Control(
+        pid, INJECTOR, list(streams), MAX_WATERMARK, list(positions), 0, final=True, retired=True
+    )
+
+
+def test_a_reset_task_is_forgotten_and_its_next_owner_starts_afresh(pipeline):
+    t = table_of(announce(A0, 3), owned(A0, 9, 3, positions=[("p.mid", 0, 100)]))
+    assert not t.add(reset(A0, 4))
+    assert t.latest(A0) is None and t.published(A0) == MIN_WATERMARK
+    assert t.incarnation(A0) == 4  # incarnations go on: the next opener fences every id used
+    assert not t.add(owned(A0, 9, 3))  # the old owner's zombie is not heard
+    t.add(announce(A0, 5, owner="new"))
+    assert t.add(owned(A0, 2, 5, owner="new", positions=[("p.mid", 0, 150)]))
+    t.add(task(A1, MAX_WATERMARK))
+    up = Upstream(pipeline, "B", 0)
+    # a reader past the old control's positions gets only what the new owner published
+    assert up.watermark(t, at(p__mid=120)) == MIN_WATERMARK
+    assert up.watermark(t, at(p__mid=150)) == 2
+
+
+def test_a_reset_survives_compaction_of_the_old_controls():
+    # compacted: the reset replaced the old controls (same key); the old announcement is
+    # still there, older than the reset
+    t = table_of(announce(A0, 3), reset(A0, 4), owned(A0, 9, 3))
+    assert t.published(A0) == MIN_WATERMARK and t.owner(A0) == (4, "reset")
+
+
+def test_a_retired_injector_counts_as_finished_once_its_positions_are_passed(pipeline):
+    t = table_of(
+        injector(5, pid=INJ1, positions=[("p.events", 0, 10)]),
+        injector(50, pid=INJ2, positions=[("p.events", 0, 12)]),
+    )
+    up = Upstream(pipeline, "A", 0)
+    assert up.watermark(t, at(p__events=20)) == 5  # INJ1 died at 5 and holds the stream
+    t.add(retirement(INJ1, positions=[("p.events", 0, 30)]))
+    assert up.watermark(t, at(p__events=20)) == 5  # not before what it may have sent
+    assert up.watermark(t, at(p__events=30)) == 50
+    assert t.published(INJ1) == MAX_WATERMARK  # a restart resumes from there
+
+
+def test_a_retired_injector_that_comes_back_cannot_hold_the_stream_back(pipeline):
+    t = table_of(injector(5, pid=INJ1), injector(50, pid=INJ2))
+    t.add(retirement(INJ1, positions=[("p.events", 0, 30)]))
+    assert not t.add(injector(6, pid=INJ1, positions=[("p.events", 0, 40)]))  # its zombie
+    assert t.latest(INJ1).retired
+    assert Upstream(pipeline, "A", 0).watermark(t, at(p__events=40)) == 50
+    # compacted: the retirement has a key of its own, the zombie's control replaced the
+    # instance's old ones; a new reader drops the zombie's all the same
+    t2 = table_of(injector(50, pid=INJ2), retirement(INJ1), injector(6, pid=INJ1))
+    assert Upstream(pipeline, "A", 0).watermark(t2, at(p__events=40)) == 50

@@ -136,3 +136,44 @@ def test_a_control_written_before_announcements_existed_still_decodes():
         7,
     )
     assert not c.announce and c.owner == ""
+
+
+def test_a_control_written_before_resets_and_retirements_still_decodes():
+    import io
+
+    import fastavro
+
+    from kwheel.watermarks.control import _SCHEMA_V2
+
+    buf = io.BytesIO()
+    fastavro.schemaless_writer(
+        buf,
+        _SCHEMA_V2,
+        {
+            "producer": "task:c/0",
+            "kind": "TASK",
+            "streams": ["s"],
+            "watermark": 5,
+            "input_watermark": 4,
+            "positions": [],
+            "final": False,
+            "wall_time": 1,
+            "stats": {},
+            "incarnation": 7,
+            "announce": True,
+            "owner": "tok",
+        },
+    )
+    c = Control.decode(buf.getvalue())
+    assert (c.announce, c.owner, c.incarnation) == (True, "tok", 7)
+    assert not c.reset and not c.retired
+
+
+def test_resets_and_retirements_round_trip_with_keys_that_compaction_keeps_apart():
+    r = Control("task:c/0", TASK, [], MIN_WATERMARK, [], 1, incarnation=3, owner="x", reset=True)
+    assert Control.decode(r.encode()) == r
+    assert r.key == b"task:c/0"  # replaces the task's old controls on compaction
+    inj = injector_producer_id("load", "1")
+    g = Control(inj, INJECTOR, ["s"], MAX_WATERMARK, [("t", 0, 9)], 1, final=True, retired=True)
+    assert Control.decode(g.encode()) == g
+    assert g.key == b"retired:" + inj.encode()  # never replaced by the instance's own
