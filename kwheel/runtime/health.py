@@ -1,16 +1,16 @@
 """Liveness and readiness of a worker process: ``/healthz`` and ``/ready`` on its metrics port.
 
 - live (``/healthz``): the worker loop went round within ``liveness_timeout_s``, or a task
-  it is opening made restore progress since the last look (a long restore blocks the loop
-  but is not stuck). While starting (waiting for topics, with its own deadline) and while
+  restoring made progress since the last look (the loop restores in slices between polls,
+  so this only matters when one slice is very slow). While starting (waiting for topics, with its own deadline) and while
   stopping, it is live.
 - ready (``/ready``): the loop runs, every computation's consumer has joined its group,
   and every task assigned is open and running: none is being claimed, fenced or restored.
 
 Read from the HTTP server's threads, so only through what the worker's thread publishes
 here and attributes it keeps up to date anyway: ``runner.tasks`` and each task's
-``state``, ``runner.opening`` (the task being restored) with its ``counters.restored``,
-and the consumer's member id. A runner is also not ready while the step that claims its
+``state``, ``runner.restoring`` (tasks restoring between polls) with their
+``counters.restored``, and the consumer's member id. A runner is also not ready while the step that claims its
 tasks runs: it reads the watermark topic (``catch_up``) first thing when it opens or
 renews a task, and the worker notes that until the step returns.
 """
@@ -53,9 +53,9 @@ class WorkerHealth:
     # ---- the HTTP server's threads ------------------------------------------------------
     def _restore_progressed(self) -> bool:
         now = tuple(
-            (id(r.opening), r.opening.counters.restored)
+            (id(t), t.counters.restored)
             for r in list(self.runners)
-            if r.opening is not None
+            for t in list(r.restoring.values())
         )
         moved = bool(now) and now != self._restore
         self._restore = now
@@ -83,16 +83,15 @@ class WorkerHealth:
                 waiting.append(f"{name}: joining its consumer group")
             if name in self.claiming:
                 waiting.append(f"{name}: claiming tasks")
-            opening = r.opening
-            if opening is not None:
-                c = opening.counters
+            for t in list(r.restoring.values()):
+                c = t.counters
                 waiting.append(
-                    f"{opening.name}: restoring ({c.restored} of {c.restore_total} changelog records)"
+                    f"{t.name}: restoring ({c.restored} of {c.restore_total} changelog records)"
                 )
             waiting += [
                 f"{t.name}: {t.state.value}"
                 for t in owned.values()
-                if t.state is not TaskState.RUNNING and t is not opening
+                if t.state is not TaskState.RUNNING
             ]
         if waiting:
             return 503, {"status": "not ready", "phase": self.phase, "waiting_for": waiting}

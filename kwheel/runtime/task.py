@@ -193,10 +193,16 @@ class Task:
         if not steps.step(budget_s):
             return False
         n = self.counters.restored = self.counters.restore_total = steps.applied
-        seconds = time.monotonic() - self._restore_started
+        waited = time.monotonic() - self._restore_started - steps.seconds
         if n:
-            log.info("%s: restored %d changelog records in %.2fs", self.name, n, seconds)
-        stats_file.write("restored", self, seconds=round(seconds, 4))
+            log.info(
+                "%s: restored %d changelog records in %.2fs (after %.2fs waiting for its turn)",
+                self.name,
+                n,
+                steps.seconds,
+                waited,
+            )
+        stats_file.write("restored", self, seconds=round(steps.seconds, 4), waited=round(waited, 4))
         return True
 
     @property

@@ -59,6 +59,7 @@ class ChangelogRestore:
         self.reader: Consumer | None = None
         self.start = self.high = 0
         self.applied = 0  # records applied so far
+        self.seconds = 0.0  # from the first step to the end (not the wait for its turn)
         self.done = False
         self._reading = False  # the first step says so
         self._checkpointed = 0
@@ -196,6 +197,8 @@ class ChangelogRestore:
             )
 
     def _finish(self) -> None:
+        if self._reading:
+            self.seconds = time.monotonic() - self._began
         self.done = True
         self.store.checkpoint()
         self.close()

@@ -25,7 +25,7 @@ def runner(name, tasks=(), member="m-1", opening=None):
     return SimpleNamespace(
         spec=SimpleNamespace(name=name),
         tasks={i: t for i, t in enumerate(tasks)},
-        opening=opening,
+        restoring={} if opening is None else {99: opening},
         consumer=consumer,
     )
 
@@ -96,6 +96,6 @@ def test_not_ready_while_tasks_are_claimed_restored_or_suspended():
         "a[0]: suspended",
     ]
     h.step_done("a")
-    h.runners[0].opening = None
+    h.runners[0].restoring = {}
     h.runners[0].tasks[0].state = TaskState.RUNNING
     assert h.ready()[0] == 200
