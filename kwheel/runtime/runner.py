@@ -90,6 +90,7 @@ class ComputationRunner:
         self.tasks: dict[int, Task] = {}  # running
         self.restoring: dict[int, Task] = {}  # fenced, restoring between polls (paused)
         self.kept: dict[int, Task] = {}  # revoked, until the assignment after says if they stay
+        self._changelog_reader: Consumer | None = None  # created at the first restore
         self.metrics: WorkerMetrics | None = None  # when the worker serves metrics
         self._last_commit = time.monotonic()
         self._open = False  # some task has an uncommitted batch
@@ -202,7 +203,7 @@ class ComputationRunner:
             for task in created:
                 self.claims.check_still_owner(task)
             for task in created:
-                task.begin_restore()
+                task.begin_restore(self._reader())
                 if task.restore_remaining:
                     self.restoring[task.partition] = task
                 else:
@@ -215,6 +216,12 @@ class ComputationRunner:
                     self.restoring.pop(task.partition, None)
                     task.close()
             raise
+
+    def _reader(self) -> Consumer:
+        """The changelog reader this runner's restores share (one task at a time)."""
+        if self._changelog_reader is None:
+            self._changelog_reader = Consumer(clients.reader_config(self.cfg))
+        return self._changelog_reader
 
     def _restore_some(self) -> None:
         """Give restoring tasks a slice of time, one task after another in partition order
@@ -543,6 +550,8 @@ class ComputationRunner:
             task.close()
         self.restoring.clear()
         self.kept.clear()
+        if self._changelog_reader is not None:
+            self._changelog_reader.close()
         self.tasks.clear()
         if self._pool is not None:
             self._pool.shutdown()

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 
-from confluent_kafka import KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from ..config import WorkerConfig
 from ..errors import BrokerError, FencedError, KwheelError
@@ -164,19 +164,26 @@ class Task:
 
     def restore(self) -> None:
         """Bring the store up to the end of the changelog partition, at once."""
-        self.begin_restore()
-        while not self.restore_step(1.0):
-            pass
+        reader = Consumer(clients.reader_config(self.cfg))
+        try:
+            self.begin_restore(reader)
+            while not self.restore_step(1.0):
+                pass
+        finally:
+            if self._restore is not None:
+                self._restore.close()
+            reader.close()
 
-    def begin_restore(self) -> None:
+    def begin_restore(self, reader: Consumer) -> None:
         """Find what to replay; ``restore_step`` then replays it a slice at a time (how a
-        worker restores between polls, runner.py)."""
+        worker restores between polls, runner.py). ``reader``: a group-less
+        read_committed consumer (clients.reader_config), used by one restore at a time."""
         if self.state is not TaskState.RESTORING or self._restore is not None:
             raise KwheelError(f"task {self.name}: restore while {self.state.value}")
         self._restore_started = time.monotonic()
         self._restore = ChangelogRestore(
             self.store,
-            clients.reader_config(self.cfg),
+            reader,
             self.changelog,
             self.partition,
             self.cfg.startup_timeout_s,

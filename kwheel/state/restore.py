@@ -45,18 +45,20 @@ class ChangelogRestore:
     def __init__(
         self,
         store: TaskStore,
-        reader_conf: Config,
+        reader: Consumer,
         topic: str,
         partition: int,
         timeout_s: float = 30.0,
         progress: Progress | None = None,
     ):
         self.store = store
-        self.reader_conf = reader_conf
+        # a group-less read_committed consumer, shared by the restores of one runner: it
+        # reads one changelog partition at a time (the runner restores one task after
+        # another), so restoring 100 tasks does not start 100 consumers and their threads
+        self.reader: Consumer | None = reader
         self.topic, self.partition = topic, partition
         self.timeout_s = timeout_s  # no record for this long: the broker is not answering
         self.progress = progress
-        self.reader: Consumer | None = None
         self.start = self.high = 0
         self.applied = 0  # records applied so far
         self.seconds = 0.0  # from the first step to the end (not the wait for its turn)
@@ -77,7 +79,8 @@ class ChangelogRestore:
 
     def begin(self) -> None:
         """Find the range to replay; wipe a store too old or too far off to go on from."""
-        self.reader = reader = Consumer(self.reader_conf)
+        reader = self.reader
+        assert reader is not None, "closed"
         store, topic, partition = self.store, self.topic, self.partition
         low, high = reader.get_watermark_offsets(
             TopicPartition(topic, partition), timeout=self.timeout_s
@@ -108,9 +111,6 @@ class ChangelogRestore:
         if self.start >= high:
             self._finish()
             return
-        # reading starts now, in librdkafka's threads: a task whose turn comes later
-        # (runner.py restores one task after another) finds its first records fetched
-        reader.assign([TopicPartition(topic, partition, self.start)])
         if self.progress is not None:
             self.progress(0, self.total)
 
@@ -129,6 +129,8 @@ class ChangelogRestore:
             if self.store.applied_offset >= 0
             else "",
         )
+        assert self.reader is not None
+        self.reader.assign([TopicPartition(self.topic, self.partition, self.start)])
         self._reading = True
 
     def step(self, budget_s: float) -> bool:
@@ -166,6 +168,8 @@ class ChangelogRestore:
     def _apply(self, msgs: list[ChangelogMessage]) -> None:
         chunk: list[tuple[bytes, bytes | None]] = []
         for m in msgs:
+            if m.partition() != self.partition or m.topic() != self.topic:
+                continue  # left over from the shared reader's previous partition
             err = m.error()
             if err is not None:
                 if err.code() == KafkaError._PARTITION_EOF:
@@ -204,10 +208,12 @@ class ChangelogRestore:
         self.close()
 
     def close(self) -> None:
-        """Stop reading (done, or the task was let go mid-restore: what was applied stays)."""
+        """Stop reading (done, or the task was let go mid-restore: what was applied stays).
+        The reader is its owner's to close."""
         if self.reader is not None:
             reader, self.reader = self.reader, None
-            reader.close()
+            if self._reading:
+                reader.unassign()
 
 
 def restore(
@@ -218,8 +224,10 @@ def restore(
     timeout_s: float = 30.0,
     progress: Progress | None = None,
 ) -> int:
-    """Replay the whole rest of the changelog at once; return how many records."""
-    steps = ChangelogRestore(store, reader_conf, topic, partition, timeout_s, progress)
+    """Replay the whole rest of the changelog at once, with a reader of its own; return
+    how many records."""
+    reader = Consumer(reader_conf)
+    steps = ChangelogRestore(store, reader, topic, partition, timeout_s, progress)
     try:
         steps.begin()
         while not steps.step(1.0):
@@ -227,6 +235,7 @@ def restore(
         return steps.applied
     finally:
         steps.close()
+        reader.close()
 
 
 def _log_progress(topic: str, partition: int, done: int, total: int, seconds: float) -> None:

@@ -29,6 +29,12 @@ class _Message:
     def offset(self) -> int:
         return self._offset
 
+    def topic(self) -> str:
+        return "p.c.changelog"
+
+    def partition(self) -> int:
+        return 0
+
 
 class _Changelog:
     """Serves offsets 0..END-1 in chunks of CHUNK."""
@@ -52,6 +58,9 @@ class _Changelog:
 
     def position(self, tps: list[TopicPartition]) -> list[TopicPartition]:
         return [TopicPartition(tps[0].topic, tps[0].partition, self.next)]
+
+    def unassign(self) -> None:
+        pass
 
     def close(self) -> None:
         pass
