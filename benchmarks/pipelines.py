@@ -69,3 +69,13 @@ def chain(name: str | None = None, stages: int | None = None) -> Pipeline:
         p.computation(f"stage{i}", lambda out=out: Relay(out), inputs=[previous], outputs=[out])
         previous = out
     return p
+
+
+def wide_count(name: str | None = None) -> Pipeline:
+    """The keyed count over ``KWHEEL_BENCH_PARTITIONS`` partitions (default 32)."""
+    n = int(os.environ.get("KWHEEL_BENCH_PARTITIONS", "32"))
+    p = Pipeline(name or _name("bench-wide"))
+    p.stream("events", partitions=n, value="json", source=True)
+    p.stream("counts", partitions=n, value="json")
+    p.computation("counter", Counter, inputs=["events"], outputs=["counts"])
+    return p

@@ -43,6 +43,8 @@ EARLY_COMMIT_S = 0.02
 # (RESTORE_ALONE_S when no task of this runner is running, so nothing waits on it).
 RESTORE_SLICE_S = 0.05
 RESTORE_ALONE_S = 0.5
+# A cooperative revocation returns no sooner than this (see _on_revoke).
+COOPERATIVE_REJOIN_AFTER_S = 0.2
 FENCE_BACK = 3  # a new incarnation fences this many before it (zombies whose successor died early)
 
 log = logging.getLogger("kwheel.worker")
@@ -279,6 +281,7 @@ class ComputationRunner:
         """Commit what the revoked tasks did. Eager: keep them until the assignment that
         follows (every partition is revoked; most come back). Cooperative: they move to
         another member, so close them."""
+        began = time.monotonic()
         revoked = {tp.partition for tp in parts}
         for p in sorted(revoked):
             task = self.tasks.pop(p, None) or self.restoring.pop(p, None)
@@ -303,6 +306,12 @@ class ComputationRunner:
                 self._close(task, f"revoked (committed up to {task.committed_offsets})")
         if self.cooperative:
             consumer.incremental_unassign(self._task_partitions(revoked))
+            # librdkafka rejoins as soon as this returns; the embedded test broker then
+            # loses the JoinGroup answer of a member that joined meanwhile, and the group
+            # stalls until that request times out (docs/operations.md#rebalancing)
+            left = COOPERATIVE_REJOIN_AFTER_S - (time.monotonic() - began)
+            if parts and left > 0:
+                time.sleep(left)
 
     def _close(self, task: Task, why: str) -> None:
         task.close()
