@@ -343,8 +343,9 @@ class ComputationRunner:
         # would wait out t. Wait for the first record only, then take what is already there.
         first = cast("ConsumedMessage | None", self.consumer.poll(timeout))
         msgs = [] if first is None else [first]
-        if first is not None and self.cfg.batch_size > 1:
-            msgs += cast("list[ConsumedMessage]", self.consumer.consume(self.cfg.batch_size - 1, 0))
+        limit = min([t.batch_limit for t in self.tasks.values()], default=self.cfg.batch_size)
+        if first is not None and limit > 1:
+            msgs += cast("list[ConsumedMessage]", self.consumer.consume(limit - 1, 0))
         if self._fatal is not None:
             fatal, self._fatal = self._fatal, None
             raise fatal
@@ -372,7 +373,7 @@ class ComputationRunner:
             t.timers_left for t in self.tasks.values()
         ):
             self.tick()
-        elif any(n >= self.cfg.batch_size for n in pending):
+        elif any(t.pending >= t.batch_limit for t in self.tasks.values()):
             self.commit()
         elif (
             self._open and since >= EARLY_COMMIT_S and len(msgs) < max(1, self.cfg.batch_size // 10)

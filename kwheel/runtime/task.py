@@ -108,6 +108,9 @@ class Task:
         )
         self.committed_offsets: dict[str, int] = {}  # topic -> next offset, as last committed here
         self._restore: ChangelogRestore | None = None  # between begin_restore and start
+        # records a batch takes at most: cfg.batch_size, less for a while after a batch
+        # outlasted the transaction timeout (_expired)
+        self.batch_limit = cfg.batch_size
         self._restore_started = 0.0
 
     def _move(self, to: TaskState) -> None:
@@ -403,6 +406,8 @@ class Task:
         self.timers.committed()
         self.watermarks.dirty = False
         self.counters.commits += 1
+        if self.batch_limit < self.cfg.batch_size:  # back up after a slow batch (_expired)
+            self.batch_limit = min(self.cfg.batch_size, self.batch_limit * 2)
         self._end_txn()
 
     def _expired(self) -> bool:
@@ -414,14 +419,19 @@ class Task:
         limit = self.cfg.transaction_timeout_ms / 1000
         if took <= limit:
             return False
+        # Replayed as it was, the batch would take as long and abort again, forever: take
+        # half as many records at a time, doubling again with each commit.
+        self.batch_limit = max(1, min(self.batch_limit, self.batch.records) // 2)
         log.warning(
             "%s: batch of %d records took %.1fs, longer than transaction_timeout_ms=%d: "
-            "aborting it and retrying from %s (a user function is too slow for the timeout?)",
+            "aborting it and retrying from %s in batches of at most %d records "
+            "(a user function is too slow for the timeout?)",
             self.name,
             self.batch.records,
             took,
             self.cfg.transaction_timeout_ms,
             self.batch.first,
+            self.batch_limit,
         )
         self.abort()
         return True

@@ -1,6 +1,7 @@
 """Edge cases around state, startup and bad records (issue: fault-injection suite)."""
 
 import json
+import re
 import shutil
 from collections import Counter
 
@@ -280,6 +281,36 @@ def test_a_user_function_slower_than_the_transaction_timeout_is_aborted_and_retr
     lines = [l for l in w.log().splitlines() if "longer than transaction_timeout_ms=3000" in l]
     assert lines and all("counter[" in l and "aborting it and retrying" in l for l in lines)
     assert w.task_counters()["aborts"] >= 1
+
+
+def test_batches_slower_than_the_transaction_timeout_are_replayed_smaller(
+    kafka, name, workers
+):
+    """Every record takes 10 ms and the timeout is 2 s: a batch of 500 outlasts it. The
+    aborted batch is replayed in halves until it fits (then grows back), instead of being
+    replayed whole and aborted forever. Exact counts."""
+    from tests.pipelines.counting import sluggish_count
+
+    p = sluggish_count(name)
+    setup_topics(kafka.bootstrap, p)
+    events = make_events(1200, keys=5)
+    inject(kafka.bootstrap, p, events)
+    w = workers(
+        "tests.pipelines.counting:sluggish_count",
+        name,
+        slot="s0",
+        args=["--batch-size", "500"],
+        env={"KWHEEL_TRANSACTION_TIMEOUT_MS": "2000", "KWHEEL_TEST_SECONDS_PER_RECORD": "0.01"},
+    )
+    wait_until(
+        lambda: count_outputs(kafka.bootstrap, f"{name}.counts") >= len(events),
+        120,
+        "all counts",
+    )
+    assert w.stop() == 0
+    check_exact_counts(kafka.bootstrap, f"{name}.counts", Counter(k for k, _ in events))
+    smaller = re.findall(r"in batches of at most (\d+) records", w.log())
+    assert smaller and min(int(n) for n in smaller) < 250, w.tail()
 
 
 def test_a_worker_started_while_the_broker_is_down_waits_for_it(kafka, name, workers):

@@ -39,6 +39,9 @@ class Sluggish(Counter):
     user function slower than the transaction timeout, once (the marker file remembers)."""
 
     def process_record(self, ctx, record):
+        each = float(os.environ.get("KWHEEL_TEST_SECONDS_PER_RECORD", "0"))
+        if each:  # every record slow: a full batch outlasts the transaction timeout
+            time.sleep(each)
         mark = os.environ.get("KWHEEL_TEST_SLOW_MARK")
         if record.value.get("slow") and mark and not os.path.exists(mark):
             open(mark, "w").close()
