@@ -111,6 +111,8 @@ class Task:
         # records a batch takes at most: cfg.batch_size, less for a while after a batch
         # outlasted the transaction timeout (_expired)
         self.batch_limit = cfg.batch_size
+        self.fire_limit = MAX_FIRES_PER_TICK  # timers one transaction fires at most, likewise
+        self._fired_at_begin = 0  # counters.timers_fired when the open transaction began
         self._restore_started = 0.0
 
     def _move(self, to: TaskState) -> None:
@@ -289,6 +291,7 @@ class Task:
     def _begin(self) -> None:
         self._require_running()
         if not self.txn.in_transaction:
+            self._fired_at_begin = self.counters.timers_fired
             self._guard(self.txn.begin)
 
     def _guard(self, call: Callable[[], None]) -> None:
@@ -330,11 +333,11 @@ class Task:
         until the next tick are late only if they are behind it, and the next tick goes on
         from there. A transaction never holds more than the cap, whatever closes at once."""
         self._require_running()
-        fired = 0
+        fired, cap = 0, self.fire_limit
         self.timers_left = False
         for domain, limit in ((EVENT, self.watermarks.input), (WALL, wall_now_ms)):
-            while fired < MAX_FIRES_PER_TICK:
-                due = self.timers.due(domain, limit, MAX_FIRES_PER_TICK - fired)
+            while fired < cap:
+                due = self.timers.due(domain, limit, cap - fired)
                 if not due:
                     break
                 for ts, tkey in due:
@@ -344,7 +347,7 @@ class Task:
                     self._begin()
                     self.calls.timer(tkey, ts, domain, self.watermarks.next_fire())
                     fired += 1
-            if fired >= MAX_FIRES_PER_TICK:
+            if fired >= cap:
                 left = self.timers.due(domain, limit, 1)
                 if left:
                     self.timers_left = True
@@ -408,6 +411,8 @@ class Task:
         self.counters.commits += 1
         if self.batch_limit < self.cfg.batch_size:  # back up after a slow batch (_expired)
             self.batch_limit = min(self.cfg.batch_size, self.batch_limit * 2)
+        if self.fire_limit < MAX_FIRES_PER_TICK:
+            self.fire_limit = min(MAX_FIRES_PER_TICK, self.fire_limit * 2)
         self._end_txn()
 
     def _expired(self) -> bool:
@@ -422,6 +427,9 @@ class Task:
         # Replayed as it was, the batch would take as long and abort again, forever: take
         # half as many records at a time, doubling again with each commit.
         self.batch_limit = max(1, min(self.batch_limit, self.batch.records) // 2)
+        fired = self.counters.timers_fired - self._fired_at_begin
+        if fired:
+            self.fire_limit = max(1, min(self.fire_limit, fired) // 2)
         log.warning(
             "%s: batch of %d records took %.1fs, longer than transaction_timeout_ms=%d: "
             "aborting it and retrying from %s in batches of at most %d records "
@@ -445,7 +453,7 @@ class Task:
         self.counters.aborts += 1
         try:
             self.txn.abort()
-        except FencedError:
+        except (FencedError, BrokerError):
             self._discard()
             self.state = TaskState.SUSPENDED
             raise

@@ -211,14 +211,28 @@ class TaskProducer:
                 log.warning("%s: commit not done yet (%s): retrying", self.name, err.str())
 
     def abort(self) -> None:
-        """Abort the open transaction."""
-        try:
-            self._live().abort_transaction(self.cfg.transaction_timeout_ms / 1000)
-        except KafkaException as e:
-            if e.args[0].fatal():  # nothing will ever be committed by this producer
-                self.in_transaction = False
-                raise FencedError(f"task {self.name} cannot abort: {e.args[0].str()}") from None
-            raise  # still open: closing tries again
+        """Abort the open transaction. What librdkafka calls retriable (a broker stall: "retry
+        call to resume") is retried for as long as a commit would be (``_finish``), so a
+        stalled broker does not end the worker; past that, a one-line broker error."""
+        timeout = self.cfg.transaction_timeout_ms / 1000
+        deadline = time.monotonic() + max(timeout, self.cfg.startup_timeout_s)
+        while True:
+            try:
+                self._live().abort_transaction(timeout)
+                break
+            except KafkaException as e:
+                err = e.args[0]
+                if err.fatal():  # nothing will ever be committed by this producer
+                    self.in_transaction = False
+                    raise FencedError(f"task {self.name} cannot abort: {err.str()}") from None
+                if not err.retriable():
+                    raise  # still open: closing tries again
+                if time.monotonic() >= deadline:
+                    raise BrokerError(
+                        f"task {self.name}: could not abort its transaction within "
+                        f"{max(timeout, self.cfg.startup_timeout_s):g}s: {err.str()}"
+                    ) from None
+                log.warning("%s: abort not done yet (%s): retrying", self.name, err.str())
         self.in_transaction = False
 
     def failure(self, err: KafkaError) -> FencedError | BrokerError:

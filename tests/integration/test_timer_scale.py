@@ -99,5 +99,10 @@ def test_a_million_windows_closing_at_once_fire_in_bounded_transactions(kafka, n
     keys = [json.loads(r.value)["key"] for r in closed]
     assert len(keys) == len(set(keys)) == KEYS
     stats = w.task_counters("closer")
-    assert stats["aborts"] == 0 and stats["timers_fired"] == KEYS
+    # A capped transaction fires 10,000 timers in well under the 3 s timeout on a quiet
+    # machine; on a loaded one it can outlast it, and each such abort halves the cap
+    # (Task._expired): a few at most. Uncapped, or replayed at the same size, the
+    # transaction would abort for ever and the windows never close.
+    assert stats["aborts"] <= 5, stats
+    assert stats["timers_fired"] >= KEYS
     assert stats["commits"] >= KEYS // MAX_FIRES_PER_TICK

@@ -132,9 +132,8 @@ def bucket_of(user: str) -> str:
 
 def scaled_count(name: str | None = None, partitions: int = 32) -> Pipeline:
     """Two stages of ``partitions`` each, for the scaling test: ``counter`` counts per user
-    from ``a`` (keyed by user) and ``b`` (re-keyed by the value's user), so its tasks read
-    two topics; ``bucketer`` counts those counts per bucket of users, through a
-    repartition topic."""
+    from ``a`` and ``b`` (both keyed by user), so its tasks read two topics; ``bucketer``
+    counts those counts per bucket of users, through a repartition topic."""
     p = Pipeline(name or _name())
     p.stream("a", partitions=partitions, value="json", source=True)
     p.stream("b", partitions=partitions, value="json", source=True)
@@ -143,7 +142,7 @@ def scaled_count(name: str | None = None, partitions: int = 32) -> Pipeline:
     p.computation(
         "counter",
         Counter,
-        inputs=["a", Input("b", key_by=lambda r: r.value["user"])],
+        inputs=["a", "b"],
         outputs=["counts"],
     )
     p.computation(

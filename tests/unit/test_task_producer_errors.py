@@ -136,3 +136,36 @@ def test_opening_a_fenced_id_is_fenced_at_once(task, monkeypatch):
     with pytest.raises(FencedError):
         task.txn.open_id("driven.counter.0.3", deadline=1e18)
     assert ScriptedInit.calls == 1
+
+
+class StalledAbort(MemoryProducer):
+    """abort_transaction times out (a stalled broker) ``stalls`` times, then aborts."""
+
+    def __init__(self, base: MemoryProducer, stalls: int):
+        super().__init__(base.log, base.transactional_id)
+        self.stalls = stalls
+
+    def abort_transaction(self, timeout: float | None = None) -> None:
+        if self.stalls:
+            self.stalls -= 1
+            raise KafkaException(TIMED_OUT)
+        super().abort_transaction(timeout)
+
+
+def test_an_abort_during_a_broker_stall_is_retried(task):
+    # seen in the long chaos run: the timed-out abort ended the worker with a traceback
+    task.process([])
+    task._begin()
+    task.txn.producer = StalledAbort(task.txn.producer, stalls=2)
+    task.abort()
+    assert not task.txn.in_transaction and task.txn.producer.aborts == 1
+
+
+def test_an_abort_that_never_completes_is_a_one_line_broker_error(task, monkeypatch):
+    task.process([])
+    task._begin()
+    task.txn.producer = StalledAbort(task.txn.producer, stalls=10**9)
+    monkeypatch.setattr(task.txn.cfg, "startup_timeout_s", 0.01)
+    monkeypatch.setattr(task.txn.cfg, "transaction_timeout_ms", 1)
+    with pytest.raises(BrokerError, match=r"could not abort its transaction within"):
+        task.abort()
