@@ -36,7 +36,10 @@ REF = "tests.chaos.pipeline:chaos"
 LONG = os.environ.get("KWHEEL_CHAOS") == "long"
 RECORDS = 1_000_000 if LONG else 50_000
 MIN_FAULTS = 50 if LONG else 10
-RATE = 4000 if LONG else 1000  # records per second injected
+# records per second injected. Long mode at 4000/s outran this 2-core machine (shared
+# with other work): the stages fell behind, their 500-record batches outlasted the 6 s
+# transaction timeout and aborted over and over (docs/reliability.md, seed 162075771).
+RATE = 800 if LONG else 1000
 USERS = 400
 DISORDER_MS = 200
 COMPUTATIONS = ("user_windows", "region_windows")
