@@ -47,8 +47,8 @@ class TopicFollower:
     """``handlers``: topic -> function called with each committed record, in offset order
     per partition, from the follower's thread (under ``lock``). ``purge``: topic -> the
     consumer groups that read it; those topics' records are deleted once read and
-    committed past by every one of those groups. ``note`` receives one line per purge
-    round (what was deleted, what each topic still holds)."""
+    committed past by every one of those groups. ``note`` receives a line at least every
+    30 s (what was deleted, what each topic still holds) and one per problem."""
 
     def __init__(
         self,
@@ -64,7 +64,8 @@ class TopicFollower:
         self.purge = dict(purge or {})
         self.purge_interval_s = purge_interval_s
         self.note = note or (lambda line: None)
-        self.sizes_of = list(sizes_of or [])  # topics whose retained records each round logs
+        self.sizes_of = list(sizes_of or [])  # topics whose retained records are logged
+        self.sizes_interval_s = max(30.0, purge_interval_s)  # a request per partition
         self.lock = threading.Lock()
         self.read_to: dict[Where, int] = {}  # everything below was handed to the handler
         self.deleted: dict[Where, int] = {}  # deleted below (requests that succeeded)
@@ -119,13 +120,16 @@ class TopicFollower:
         return self
 
     def _run(self) -> None:
-        last_purge = time.monotonic()
+        last_purge = last_sizes = time.monotonic()
         try:
             while not self._stop.is_set():
                 self._read(0.2)
                 if time.monotonic() - last_purge >= self.purge_interval_s:
                     last_purge = time.monotonic()
                     self._purge_round()
+                if time.monotonic() - last_sizes >= self.sizes_interval_s:
+                    last_sizes = time.monotonic()
+                    self._sizes()
         except Exception as e:  # reported by check(): the run cannot be verified
             self._fail(f"the follower stopped: {type(e).__name__}: {e}")
 
@@ -195,7 +199,6 @@ class TopicFollower:
             else:
                 for tp, future in futures.items():
                     self._inflight[(tp.topic, tp.partition)] = (tp.offset, future)
-        self._sizes()
 
     def _collect(self) -> None:
         for where, (offset, future) in list(self._inflight.items()):

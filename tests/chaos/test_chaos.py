@@ -60,6 +60,10 @@ WORKER_ENV = {
 BATCH_SIZE = "500"
 if LONG:
     WORKER_ENV["KWHEEL_COMMIT_INTERVAL_MS"] = "1000"
+# The driver reads every repartition record for its lateness check, so it deletes them
+# itself once read and consumed: kwheel's own purge (tests/integration/
+# test_repartition_purge.py) deleted records the driver had not read yet (seed 550759962).
+WORKER_ENV["KWHEEL_REPARTITION_PURGE_INTERVAL_MS"] = "0"
 
 
 class Driver:
@@ -471,13 +475,13 @@ class Collected:
             topic["greetings"]: lambda r: self.greeted.append(json.loads(r.value)["user"]),
             p.watermark_topic(): self.controls,
         }
-        # what the driver deletes: the pipeline's streams (its source and its outputs),
-        # each below what every group reading it committed. The repartition topic is
-        # kwheel's own to purge; changelogs (restores need them) and the watermark topic
+        # what the driver deletes: the pipeline's streams (its source and its outputs) and
+        # its repartition topic, each below what the driver read and what every group
+        # reading it committed. Changelogs (restores need them) and the watermark topic
         # are kept.
         self.purge = {
             t: [p.group_id(c) for c in COMPUTATIONS if t in {ti.topic for ti in p.task_inputs(c)}]
-            for t in topic.values()
+            for t in [*topic.values(), *self.inputs]
         }
         self.sizes_of = [p.changelog_topic(c) for c in COMPUTATIONS]
 
