@@ -283,9 +283,7 @@ def test_a_user_function_slower_than_the_transaction_timeout_is_aborted_and_retr
     assert w.task_counters()["aborts"] >= 1
 
 
-def test_batches_slower_than_the_transaction_timeout_are_replayed_smaller(
-    kafka, name, workers
-):
+def test_batches_slower_than_the_transaction_timeout_are_replayed_smaller(kafka, name, workers):
     """Every record takes 10 ms and the timeout is 2 s: a batch of 500 outlasts it. The
     aborted batch is replayed in halves until it fits (then grows back), instead of being
     replayed whole and aborted forever. Exact counts."""
