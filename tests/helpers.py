@@ -95,26 +95,77 @@ def read_controls(bootstrap: str, pipeline_name: str):
     """The watermark control records of a pipeline that readers use, in publication order:
     without those a zombie wrote after its task's next owner announced itself."""
     from kwheel.watermarks.control import Control
+
+    return usable_controls(
+        Control.decode(r.value) for r in read_committed(bootstrap, f"{pipeline_name}.watermarks")
+    )
+
+
+def usable_controls(controls):
+    """Of ``controls`` (the watermark topic's, in topic order), those readers keep."""
     from kwheel.watermarks.upstream import WatermarkTable
 
     table = WatermarkTable()
-    controls = [
-        Control.decode(r.value) for r in read_committed(bootstrap, f"{pipeline_name}.watermarks")
-    ]
     return [c for c in controls if table.add(c)]
 
 
 def latest_watermark(bootstrap: str, pipeline_name: str, prefix: str) -> int:
     """min over producers whose id starts with ``prefix`` of their latest watermark."""
+    return latest_watermark_of(read_controls(bootstrap, pipeline_name), prefix)
+
+
+def latest_watermark_of(controls, prefix: str) -> int:
+    """``latest_watermark`` of usable controls already read."""
     latest: dict[str, int] = {}
-    for c in read_controls(bootstrap, pipeline_name):
+    for c in controls:
         if c.producer.startswith(prefix):
             latest[c.producer] = c.watermark
     return min(latest.values()) if latest else MIN_WATERMARK
 
 
+class FirstCopies:
+    """A topic's committed records as ``records_behind_a_usable_watermark`` needs them,
+    kept as they are read (a ``TopicFollower`` handler): per partition, the offset and
+    timestamp of the first copy of each record id, in offset order. A later copy of an id
+    is dropped by id by its reader, never processed, so it cannot be late."""
+
+    def __init__(self) -> None:
+        from array import array
+
+        self._array = array
+        self.offsets: dict[int, array] = {}
+        self.timestamps: dict[int, array] = {}
+        self.seen: dict[int, set[bytes]] = defaultdict(set)
+        self.copies = 0
+
+    def __call__(self, r) -> None:
+        if r.id is not None:
+            if r.id in self.seen[r.partition]:
+                self.copies += 1
+                return
+            self.seen[r.partition].add(r.id)
+        if r.partition not in self.offsets:
+            self.offsets[r.partition] = self._array("q")
+            self.timestamps[r.partition] = self._array("q")
+        self.offsets[r.partition].append(r.offset)
+        self.timestamps[r.partition].append(r.timestamp)
+
+    def records(self, partition: int):
+        """(offset, timestamp) of the first copies on ``partition``, in offset order."""
+        return zip(self.offsets.get(partition, ()), self.timestamps.get(partition, ()))
+
+
+def first_copies(records, partition: int):
+    """(offset, timestamp) of the first copy of each id among ``records`` on ``partition``."""
+    keep = FirstCopies()
+    for r in sorted(records, key=lambda r: (r.partition, r.offset)):
+        if r.partition == partition:
+            keep(r)
+    return keep.records(partition)
+
+
 def records_behind_a_usable_watermark(
-    bootstrap: str, pipeline: Pipeline, computation: str
+    bootstrap: str, pipeline: Pipeline, computation: str, controls=None, inputs=None
 ) -> list[str]:
     """Committed input records of ``computation`` that a reader could have found behind the
     watermark it was allowed to use: each would have reached it late.
@@ -124,14 +175,19 @@ def records_behind_a_usable_watermark(
     feeding it of the highest watermark among their controls (as readers keep them) whose
     position on (t, p) is <= y. A record at offset y with a timestamp below U(y) breaks the
     invariant of docs/guarantees.md. Injectors are assumed to send nothing late (copies of
-    records already sent are dropped by id before lateness matters)."""
+    records already sent are dropped by id before lateness matters).
+
+    ``controls`` (the usable ones, as ``read_controls`` returns them) and ``inputs`` (input
+    topic -> ``FirstCopies`` of its records, kept as they were committed) come from a
+    reader that followed the run; by default both are read from the broker now."""
     import bisect
 
     from kwheel.watermarks import MAX_WATERMARK as END
     from kwheel.watermarks.control import INJECTOR
     from kwheel.watermarks.upstream import Upstream
 
-    controls = read_controls(bootstrap, pipeline.name)
+    if controls is None:
+        controls = read_controls(bootstrap, pipeline.name)
     bad = []
     for p in range(pipeline.computations[computation].partitions):
         up = Upstream(pipeline, computation, p)
@@ -154,16 +210,18 @@ def records_behind_a_usable_watermark(
                     best = max(best, w)
                     merged.append((need, best))
                 steps[pid] = merged
-            seen = set()
-            for r in read_committed(bootstrap, topic):
-                if r.partition != p or (r.id is not None and r.id in seen):
-                    continue  # a copy of a record already read is dropped by id, never processed
-                seen.add(r.id)
+            # a copy of a record already read is dropped by id, never processed
+            records = (
+                inputs[topic].records(p)
+                if inputs is not None
+                else first_copies(read_committed(bootstrap, topic), p)
+            )
+            for offset, timestamp in records:
                 usable = (
                     min(
                         (
                             s[i][1]
-                            if (i := bisect.bisect_right(s, (r.offset, END)) - 1) >= 0
+                            if (i := bisect.bisect_right(s, (offset, END)) - 1) >= 0
                             else MIN_WATERMARK
                         )
                         for s in steps.values()
@@ -171,9 +229,9 @@ def records_behind_a_usable_watermark(
                     if steps
                     else MIN_WATERMARK
                 )
-                if r.timestamp < usable:
+                if timestamp < usable:
                     bad.append(
-                        f"{topic}[{p}]@{r.offset} at {r.timestamp} is behind the usable watermark {usable}"
+                        f"{topic}[{p}]@{offset} at {timestamp} is behind the usable watermark {usable}"
                     )
     return bad
 

@@ -59,6 +59,19 @@ def free_port() -> int:
         return port
 
 
+def resident_bytes(pid: int) -> int | None:
+    """A process's resident memory in bytes (Linux: VmRSS of /proc/<pid>/status), None if
+    unknown."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024  # kB
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
 class EmbeddedBroker:
     """Start with ``start()`` (or as a context manager); ``bootstrap`` is host:port."""
 
@@ -198,6 +211,11 @@ class EmbeddedBroker:
     def resume(self) -> None:
         self._signal(signal.SIGCONT)
 
+    def resident_bytes(self) -> int | None:
+        """The broker process's resident memory (VmRSS of /proc/<pid>/status), None where
+        unknown (not running, not Linux)."""
+        return None if self.proc is None else resident_bytes(self.proc.pid)
+
     def stop(self) -> None:
         self.stop_process()
         if self._tmp is not None:
@@ -222,3 +240,37 @@ class EmbeddedBroker:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class MemorySampler:
+    """Samples a broker's resident memory every ``interval_s`` in a background thread:
+    ``peak`` and ``last`` in bytes (None until a sample was taken)."""
+
+    def __init__(self, broker: EmbeddedBroker, interval_s: float = 1.0):
+        import threading
+
+        self.broker = broker
+        self.interval_s = interval_s
+        self.peak: int | None = None
+        self.last: int | None = None
+        self.peak_at = 0.0  # time.monotonic() of the peak
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="broker-memory", daemon=True)
+
+    def _run(self) -> None:
+        while True:
+            rss = self.broker.resident_bytes()
+            if rss is not None:
+                self.last = rss
+                if self.peak is None or rss > self.peak:
+                    self.peak, self.peak_at = rss, time.monotonic()
+            if self._stop.wait(self.interval_s):  # the sampling period, not synchronisation
+                return
+
+    def start(self) -> MemorySampler:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
