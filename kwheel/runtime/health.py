@@ -10,7 +10,8 @@
 Read from the HTTP server's threads, so only through what the worker's thread publishes
 here and attributes it keeps up to date anyway: ``runner.tasks`` and each task's
 ``state``, ``runner.restoring`` (tasks restoring between polls) with their
-``counters.restored``, and the consumer's member id. A runner is also not ready while the step that claims its
+``counters.restored``, the consumer's member id, ``runner.assigned`` (its first assignment was taken up) and
+``runner.kept`` (an eager rebalance in progress). A runner is also not ready while the step that claims its
 tasks runs: it reads the watermark topic (``catch_up``) first thing when it opens or
 renews a task, and the worker notes that until the step returns.
 """
@@ -83,6 +84,8 @@ class WorkerHealth:
                 waiting.append(f"{name}: joining its consumer group")
             if name in self.claiming:
                 waiting.append(f"{name}: claiming tasks")
+            if r.kept:
+                waiting.append(f"{name}: rebalancing (eager)")
             for t in list(r.restoring.values()):
                 c = t.counters
                 waiting.append(
@@ -99,7 +102,9 @@ class WorkerHealth:
 
 
 def _joined(runner: ComputationRunner) -> bool:
+    """A member id alone comes before the first assignment: wait for the runner to have
+    taken one up (even an empty one)."""
     try:
-        return bool(runner.consumer.memberid())
+        return runner.assigned and bool(runner.consumer.memberid())
     except RuntimeError:  # closed meanwhile
         return False

@@ -93,6 +93,7 @@ class ComputationRunner:
         self.restoring: dict[int, Task] = {}  # fenced, restoring between polls (paused)
         self.kept: dict[int, Task] = {}  # revoked, until the assignment after says if they stay
         self._changelog_reader: Consumer | None = None  # created at the first restore
+        self.assigned = False  # an assignment was taken up: the first join is done (health.py)
         self.metrics: WorkerMetrics | None = None  # when the worker serves metrics
         self._last_commit = time.monotonic()
         self._open = False  # some task has an uncommitted batch
@@ -154,6 +155,7 @@ class ComputationRunner:
         for p in fresh if self._fatal is None else []:
             if p in self.tasks:  # nothing to restore: ready now
                 self._ready(self.tasks[p])
+        self.assigned = True
 
     def _take_back_kept(self, wanted: set[int]) -> None:
         """Tasks revoked by the last (eager) rebalance and assigned here again go on as they

@@ -27,6 +27,8 @@ def runner(name, tasks=(), member="m-1", opening=None):
         tasks={i: t for i, t in enumerate(tasks)},
         restoring={} if opening is None else {99: opening},
         consumer=consumer,
+        assigned=True,
+        kept={},
     )
 
 
@@ -99,3 +101,25 @@ def test_not_ready_while_tasks_are_claimed_restored_or_suspended():
     h.runners[0].restoring = {}
     h.runners[0].tasks[0].state = TaskState.RUNNING
     assert h.ready()[0] == 200
+
+
+def test_not_ready_between_the_member_id_and_the_first_assignment():
+    # the member id comes with the first JoinGroup answer, before any partition: a worker
+    # that said ready then had no tasks yet (seen with cooperative rebalancing)
+    h = WorkerHealth(30.0)
+    h.phase = "running"
+    h.runners = [runner("a")]
+    h.runners[0].assigned = False
+    code, body = h.ready()
+    assert code == 503 and body["waiting_for"] == ["a: joining its consumer group"]
+    h.runners[0].assigned = True
+    assert h.ready()[0] == 200
+
+
+def test_not_ready_while_an_eager_rebalance_holds_revoked_tasks():
+    h = WorkerHealth(30.0)
+    h.phase = "running"
+    h.runners = [runner("a")]
+    h.runners[0].kept = {0: task("a[0]")}
+    code, body = h.ready()
+    assert code == 503 and body["waiting_for"] == ["a: rebalancing (eager)"]
