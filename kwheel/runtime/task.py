@@ -426,7 +426,8 @@ class Task:
             return False
         # Replayed as it was, the batch would take as long and abort again, forever: take
         # half as many records at a time, doubling again with each commit.
-        self.batch_limit = max(1, min(self.batch_limit, self.batch.records) // 2)
+        if self.batch.records:  # (a batch of timers alone leaves the record limit be)
+            self.batch_limit = max(1, min(self.batch_limit, self.batch.records) // 2)
         fired = self.counters.timers_fired - self._fired_at_begin
         if fired:
             self.fire_limit = max(1, min(self.fire_limit, fired) // 2)
