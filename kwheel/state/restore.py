@@ -16,7 +16,7 @@ from typing import cast
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from ..errors import BrokerError
-from ..kafka.clients import ChangelogMessage, Config
+from ..kafka.clients import ChangelogMessage
 from ..pipeline import CHANGELOG_DELETE_RETENTION_MS
 from .store import TaskStore
 
@@ -214,28 +214,6 @@ class ChangelogRestore:
             reader, self.reader = self.reader, None
             if self._reading:
                 reader.unassign()
-
-
-def restore(
-    store: TaskStore,
-    reader_conf: Config,
-    topic: str,
-    partition: int,
-    timeout_s: float = 30.0,
-    progress: Progress | None = None,
-) -> int:
-    """Replay the whole rest of the changelog at once, with a reader of its own; return
-    how many records."""
-    reader = Consumer(reader_conf)
-    steps = ChangelogRestore(store, reader, topic, partition, timeout_s, progress)
-    try:
-        steps.begin()
-        while not steps.step(1.0):
-            pass
-        return steps.applied
-    finally:
-        steps.close()
-        reader.close()
 
 
 def _log_progress(topic: str, partition: int, done: int, total: int, seconds: float) -> None:

@@ -67,15 +67,22 @@ class _Changelog:
 
 
 def test_a_restore_logs_its_progress_and_reports_it(tmp_path, monkeypatch, caplog):
-    monkeypatch.setattr(restore, "Consumer", _Changelog)
     monkeypatch.setattr(restore, "PROGRESS_EVERY_S", 0.0)
     seen: list[tuple[int, int]] = []
     store = TaskStore(tmp_path / "c-0")
     try:
         with caplog.at_level(logging.INFO, logger="kwheel.restore"):
-            n = restore.restore(
-                store, {}, "p.c.changelog", 0, progress=lambda a, t: seen.append((a, t))
+            steps = restore.ChangelogRestore(
+                store,
+                _Changelog(None),
+                "p.c.changelog",
+                0,
+                progress=lambda a, t: seen.append((a, t)),
             )
+            steps.begin()
+            while not steps.step(1.0):
+                pass
+            n = steps.applied
         assert n == 50 and store.applied_offset == 49
     finally:
         store.close()
